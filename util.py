@@ -1,0 +1,224 @@
+"""Named problem configurations, seeds, the epoch loop, statistics and CLI helpers."""
+
+import os
+import sys
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import numpy as np
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with stderr sent to /dev/null: TF 2.21 prints start-up lines (oneDNN,
+    CUDA probing) before any log level applies. Errors still raise as Python exceptions."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Later C++ logs; 0 shows them all.
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()  # Before `problems`, which imports TensorFlow.
+
+import problems  # noqa: E402  pylint: disable=wrong-import-position
+
+
+class Config(NamedTuple):
+    """A problem with the networks that optimize it (as the original `get_config`)."""
+    problem: problems.Problem
+    net_config: Dict[str, dict]  # Keyword arguments of `meta.MetaOptimizer`.
+    net_assignments: Optional[list]  # `[(net_key, [parameter names])]`, or None for one network.
+
+
+def _lstm(**options):
+    return {"net": "CoordinateWiseDeepLSTM", "net_options": dict(layers=(20, 20), **options)}
+
+
+# The original's MNIST/CIFAR optimizer: LogAndSign preprocessing and a small output scale.
+_PREPROCESSED = dict(preprocess_name="LogAndSign", preprocess_options={"k": 5}, scale=0.01)
+
+
+def _simple(split, data_dir):
+    del split, data_dir
+    return Config(problems.simple(),
+                  {"cw": {"net": "CoordinateWiseDeepLSTM",
+                          "net_options": {"layers": (), "initializer": "zeros"}}}, None)
+
+
+def _simple_multi(split, data_dir):
+    del split, data_dir
+    return Config(problems.simple_multi_optimizer(),
+                  {"cw": {"net": "CoordinateWiseDeepLSTM",
+                          "net_options": {"layers": (), "initializer": "zeros"}},
+                   "adam": {"net": "Adam", "net_options": {"learning_rate": 0.1}}},
+                  [("cw", ["x_0"]), ("adam", ["x_1"])])
+
+
+def _quadratic(split, data_dir):
+    del split, data_dir
+    return Config(problems.quadratic(batch_size=128, num_dims=10), {"cw": _lstm()}, None)
+
+
+CONFIGS: Dict[str, Callable[[str, Optional[str]], Config]] = {
+    "simple": _simple,
+    "simple-multi": _simple_multi,
+    "quadratic": _quadratic,
+}
+SPLITS = ("train", "validation", "test")
+
+
+def get_config(problem_name, split="train", data_dir=None):
+    """The problem and network configuration called `problem_name`.
+
+    Args:
+      problem_name: one of `CONFIGS`.
+      split: the data a problem with data draws from: "train" for meta-training, "validation"
+        for choosing the best optimizer, "test" for evaluation. Analytic problems ignore it.
+      data_dir: where to look for dataset files first (see `datasets.load`).
+    """
+    if problem_name not in CONFIGS:
+        raise ValueError(f"Unknown problem {problem_name!r}; expected one of {sorted(CONFIGS)}.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    return CONFIGS[problem_name](split, data_dir)
+
+
+# Seed streams: epochs of meta-training, of evaluation during training, and of evaluate.py never
+# share data.
+TRAIN, VALIDATION, TEST = 0, 1, 2
+
+
+def epoch_seed(seed, stream, index):
+    """The stateless seed (two int32) of epoch `index` of a stream."""
+    state = np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(2)
+    return state.view(np.int32)  # The same 64 bits, as the int32 pair stateless ops take.
+
+
+class EpochResult(NamedTuple):
+    time: float  # Wall seconds.
+    final_loss: float  # The optimizee's loss at the last iterate.
+    history: np.ndarray  # [num_steps]: the loss after each optimizee step.
+    results: List  # The `UnrollResult` of every unroll.
+
+
+def run_epoch(unroll, num_unrolls, seed):
+    """One epoch: `reset(seed)` then `num_unrolls` unrolls; synchronised before the clock stops."""
+    start = time.perf_counter()
+    unroll.reset(seed)
+    results = [unroll() for _ in range(num_unrolls)]
+    losses = [r.losses.numpy() for r in results]
+    elapsed = time.perf_counter() - start
+    # losses[k][0] is the loss at the iterate the previous unroll ended on: count it once.
+    history = np.concatenate([l[1:] for l in losses])
+    return EpochResult(elapsed, float(losses[-1][-1]), history, results)
+
+
+def print_stats(header, total_error, total_time, n):
+    """Prints the original's statistics lines."""
+    print(header)
+    print(f"Log Mean Final Error: {np.log10(total_error / n):.2f}")
+    print(f"Mean epoch time: {total_time / n:.2f} s")
+
+
+def eval_unroll_length(num_steps, longest=100):
+    """Optimizee steps per compiled call when no meta-gradient is needed: the largest divisor of
+    `num_steps` up to `longest` (long static unrolls cost trace time, short ones Python calls)."""
+    return max(d for d in range(1, min(num_steps, longest) + 1) if num_steps % d == 0)
+
+
+OPTIMIZER_KINDS = ("L2L", "fixed", "learned")
+_LSTM_NETS = ("CoordinateWiseDeepLSTM", "FixedLambdaDeepLSTM", "LearnedLambdaDeepLSTM")
+
+
+def _candidates(directory, key, kind):
+    names = sorted(f for f in os.listdir(directory) if f.endswith(".l2l"))
+    if kind == "fixed":
+        return [f for f in names if f.startswith(key + "fixed")], names
+    return [f for f in names if f == (f"{key}learned.l2l" if kind == "learned" else f"{key}.l2l")], names
+
+
+def _choose_fixed(directory, key, candidates, fixed_lambda):
+    """The `<key>fixed<lambda>.l2l` file to use: the only one, or the one for `fixed_lambda`."""
+    if fixed_lambda is not None:
+        chosen = [f for f in candidates
+                  if _lambda_of(f, key) is not None and
+                  np.isclose(_lambda_of(f, key), fixed_lambda, rtol=1e-9, atol=0)]
+        if not chosen:
+            raise ValueError(f"No {key}fixed{fixed_lambda!r}.l2l in {directory}; it holds "
+                             f"{', '.join(candidates) or 'no fixed-lambda optimizer'}.")
+        return chosen[0]
+    if len(candidates) > 1:
+        raise ValueError(f"{directory} holds several fixed-lambda optimizers "
+                         f"({', '.join(candidates)}); choose one with --fixed_lambda.")
+    return candidates[0]
+
+
+def _lambda_of(file_name, key):
+    try:
+        return float(file_name[len(key + "fixed"):-len(".l2l")])
+    except ValueError:
+        return None
+
+
+def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None):
+    """`net_config` with each network's weights taken from `path`, a directory or a file.
+
+    In a directory the files follow `meta.saved_file_name`: `<key>.l2l` (L2L and hand-designed
+    networks), `<key>fixed<lambda>.l2l`, `<key>learned.l2l`. The options of a loaded network come
+    from its file, which records what it was trained with.
+
+    Raises:
+      ValueError: no file, or no way to choose between several; the message lists what is there.
+    """
+    if kind not in OPTIMIZER_KINDS:
+        raise ValueError(f"Unknown optimizer kind {kind!r}; expected one of {OPTIMIZER_KINDS}.")
+    if not os.path.exists(path):
+        raise ValueError(f"--path {path} does not exist.")
+    result = {}
+    for key, config in net_config.items():
+        learned_net = config["net"] in _LSTM_NETS
+        net = {"L2L": "CoordinateWiseDeepLSTM", "fixed": "FixedLambdaDeepLSTM",
+               "learned": "LearnedLambdaDeepLSTM"}[kind] if learned_net else config["net"]
+        if os.path.isfile(path):
+            if len(net_config) > 1:
+                raise ValueError(f"--path {path} is one file, but this problem has networks "
+                                 f"{sorted(net_config)}; pass the directory that holds them.")
+            file_path = path
+        else:
+            candidates, present = _candidates(path, key, kind if learned_net else "L2L")
+            if not candidates:
+                raise ValueError(f"No {kind} optimizer for network {key!r} in {path}: expected "
+                                 f"{_expected_name(key, kind if learned_net else 'L2L')}, found "
+                                 f"{', '.join(present) or 'no .l2l file'}.")
+            chosen = (_choose_fixed(path, key, candidates, fixed_lambda)
+                      if kind == "fixed" and learned_net else candidates[0])
+            file_path = os.path.join(path, chosen)
+        result[key] = {"net": net, "net_path": file_path}
+    return result
+
+
+def _expected_name(key, kind):
+    return {"L2L": f"{key}.l2l", "fixed": f"{key}fixed<lambda>.l2l",
+            "learned": f"{key}learned.l2l"}[kind]
+
+
+def cli(main):
+    """Wraps a CLI `main` so that a user error is one line on stderr and exit status 1.
+
+    Set L2L_DEBUG=1 for the full traceback.
+    """
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except (ValueError, OSError) as e:
+            if os.environ.get("L2L_DEBUG"):
+                raise
+            sys.exit(f"{os.path.basename(sys.argv[0])}: error: {e}")
+    return wrapped
