@@ -31,7 +31,7 @@ flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.funct
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
     config = util.get_config(FLAGS.problem, "test")
     unroll_length = util.eval_unroll_length(FLAGS.num_steps)
     if FLAGS.optimizer in meta.BASELINES:

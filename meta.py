@@ -278,14 +278,14 @@ class Unroll:
         return loss, grads
 
     def _reset_states(self, states, params, step, position):
-        """Zero states where `step` is a multiple of the reset period (never at step 0)."""
+        """Zero states where `step` is a multiple of the reset period (a no-op at step 0)."""
         period = self._state_reset_period
         if not period:
             return states
         zeros = self._initial_states(params)
         if self.unroll_length % period == 0:
             # Every unroll starts on a multiple of its length, so the reset points are static.
-            return zeros if position % period == 0 and position > 0 else states
+            return zeros if position % period == 0 else states
         due = tf.equal(step % period, 0)
         return tf.nest.map_structure(lambda z, s: tf.where(due, z, s), zeros, states)
 

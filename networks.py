@@ -436,6 +436,7 @@ class LearnedLambdaDeepLSTM(_LambdaDeepLSTM):
         return result
 
 
+@snt.allow_empty_variables
 class Sgd(Network):
     """Gradient descent as a network: step `-learning_rate * g`, no state, no weights."""
 
@@ -453,6 +454,7 @@ class Sgd(Network):
         return Update(-self._learning_rate * inputs, ())
 
 
+@snt.allow_empty_variables
 class Adam(Network):
     """Adam (Kingma & Ba, 2015) as a network with bias correction; state `(t, m, v)`, no weights.
 

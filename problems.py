@@ -8,6 +8,7 @@ the data for one optimizee step (a batch, or the fixed instance of an analytic p
 
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -29,12 +30,39 @@ class Problem(NamedTuple):
     sample_validation: Optional[Callable] = None
 
 
+# Random numbers that are the same bits in every compilation mode. TensorFlow's stateless
+# *integer* draws and `fold_in` agree between XLA and the graph executor, but its float uniform
+# and normal draws do not (XLA maps bits to floats its own way); floats are made from integers.
+_RNG_ALG = "philox"
+_MANTISSA_BITS = 24  # float32 holds every multiple of 2^-24 in [0, 1) exactly.
+
+
 def derive_seed(seed, *salts):
     """A new stateless seed from `seed` and integers: independent streams from one seed."""
     seed = tf.convert_to_tensor(seed, tf.int32)
     for salt in salts:
-        seed = tf.random.experimental.stateless_fold_in(seed, salt)
+        seed = tf.random.experimental.stateless_fold_in(seed, salt, alg=_RNG_ALG)
     return seed
+
+
+def random_indices(shape, seed, maxval):
+    """Uniform int32 in [0, maxval)."""
+    return tf.random.stateless_uniform(shape, seed, minval=0, maxval=maxval, dtype=tf.int32,
+                                       alg=_RNG_ALG)
+
+
+def random_uniform(shape, seed, dtype=tf.float32):
+    """Uniform on [0, 1) in steps of 2^-24."""
+    bits = random_indices(shape, seed, 2**_MANTISSA_BITS)
+    return tf.cast(bits, dtype) * (2.0**-_MANTISSA_BITS)
+
+
+def random_normal(shape, seed, stddev=1.0, dtype=tf.float32):
+    """Normal by Box-Muller; modes may differ in the last bit of log and cos, not more."""
+    u1 = random_uniform(shape, derive_seed(seed, 0), dtype)
+    u2 = random_uniform(shape, derive_seed(seed, 1), dtype)
+    radius = tf.sqrt(-2.0 * tf.math.log1p(-u1))  # 1 - u1 lies in (0, 1]: the log is finite.
+    return stddev * radius * tf.cos((2.0 * np.pi) * u2)
 
 
 def simple():
@@ -64,15 +92,12 @@ def quadratic(batch_size=128, num_dims=10, stddev=0.01, dtype=tf.float32):
     reset, as the original's non-trainable variables).
     """
     def init(seed):
-        return [tf.random.stateless_normal([batch_size, num_dims], derive_seed(seed, 0),
-                                           stddev=stddev, dtype=dtype)]
+        return [random_normal([batch_size, num_dims], derive_seed(seed, 0), stddev, dtype)]
 
     def sample(seed, step):
         del step  # One instance for the whole epoch.
-        w = tf.random.stateless_uniform([batch_size, num_dims, num_dims], derive_seed(seed, 1),
-                                        dtype=dtype)
-        y = tf.random.stateless_uniform([batch_size, num_dims], derive_seed(seed, 2),
-                                        dtype=dtype)
+        w = random_uniform([batch_size, num_dims, num_dims], derive_seed(seed, 1), dtype)
+        y = random_uniform([batch_size, num_dims], derive_seed(seed, 2), dtype)
         return w, y
 
     def loss(params, data):

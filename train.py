@@ -35,7 +35,7 @@ flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.funct
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
     num_unrolls = meta.num_unrolls(FLAGS.num_steps, FLAGS.unroll_length)
     if not FLAGS.learning_rate > 0:
         raise ValueError(f"--learning_rate must be positive, got {FLAGS.learning_rate}.")

@@ -1,6 +1,8 @@
 """Tests for networks.py: preprocessing, shapes, baselines, the lambda rule, save and load."""
 
+import json
 import os
+import zipfile
 
 from absl.testing import parameterized
 import numpy as np
@@ -229,21 +231,21 @@ class SaveLoadTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(networks.WeightsFileError, "Cannot read optimizer file"):
             networks.load(os.path.join(directory, "missing.l2l"))
 
-    def test_weights_with_a_missing_layer_are_refused(self):
-        path = os.path.join(self.get_temp_dir(), "one_layer.l2l")
-        net = _lstm(layers=(5,))
-        networks.save(net, path)
-        saved = networks.load(path)
-        del saved.weights["linear"]
-        with self.assertRaisesRegex(ValueError, "holds weights"):
-            # Rebuild through the same check factory applies to what it read.
-            networks._check_fit(path, saved, "CoordinateWiseDeepLSTM", {})
-            network = networks.CoordinateWiseDeepLSTM(initializer=saved.weights,
-                                                      **saved.net_options)
-            expected = {k: set(v) for k, v in network.weights().items()}
-            found = {k: set(v) for k, v in saved.weights.items()}
-            if expected != found:
-                raise networks.WeightsFileError(f"{path} holds weights {found}")
+    def test_weights_that_do_not_match_the_recorded_options_are_refused(self):
+        path = os.path.join(self.get_temp_dir(), "edited.l2l")
+        networks.save(_lstm(layers=(5, 5)), path)
+        # Edit the header to claim one layer: the file then holds a layer too many.
+        with zipfile.ZipFile(path) as archive:
+            entries = {name: archive.read(name) for name in archive.namelist()}
+        header = json.loads(entries["__header__.json"])
+        header["net_options"]["layers"] = [5]
+        entries["__header__.json"] = json.dumps(header).encode()
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in entries.items():
+                archive.writestr(name, data)
+        with self.assertRaisesRegex(networks.WeightsFileError, r"edited.l2l holds weights .*"
+                                    r"lstm_2.*; a CoordinateWiseDeepLSTM with these options has"):
+            networks.factory("CoordinateWiseDeepLSTM", net_path=path)
 
     def test_unknown_network_lists_the_valid_ones(self):
         with self.assertRaisesRegex(ValueError, "Unknown network 'Lstm'.*CoordinateWiseDeepLSTM"):

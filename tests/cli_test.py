@@ -1,0 +1,105 @@
+"""End-to-end tests of train.py and evaluate.py, each run in a subprocess as a user would."""
+
+import os
+import re
+import subprocess
+import sys
+
+from absl.testing import parameterized
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT
+
+# A few tiny epochs: enough to exercise every path of the loop.
+TINY = ["--num_steps=4", "--unroll_length=2"]
+
+
+def run(script, *args, timeout=300):
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    for name in ("L2L_DEBUG", "TF_CPP_MIN_LOG_LEVEL"):  # The CLIs' own defaults, as a user's.
+        env.pop(name, None)
+    return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stats(stdout):
+    """The numbers of the stats lines the original printed."""
+    errors = re.findall(r"^Log Mean Final Error: (-?\d+\.\d\d)$", stdout, re.M)
+    times = re.findall(r"^Mean epoch time: (\d+\.\d\d) s$", stdout, re.M)
+    return [float(e) for e in errors], [float(t) for t in times]
+
+
+class CliTest(tf.test.TestCase, parameterized.TestCase):
+
+    def test_train_saves_an_optimizer_that_evaluate_loads(self):
+        save_path = os.path.join(self.get_temp_dir(), "quadratic")
+        train = run("train.py", "--problem=quadratic", "--num_epochs=4", "--log_period=2",
+                    "--evaluation_period=2", "--evaluation_epochs=1", f"--save_path={save_path}",
+                    *TINY)
+        self.assertEqual(train.returncode, 0, train.stderr)
+        errors, times = stats(train.stdout)
+        self.assertLen(errors, 4)  # Two log periods and two evaluations.
+        self.assertLen(times, 4)
+        self.assertIn("EVALUATION", train.stdout)
+        self.assertIn(f"Saving meta-optimizer to {save_path}", train.stdout)
+        self.assertEqual(os.listdir(save_path), ["cw.l2l"])
+
+        evaluate = run("evaluate.py", "--problem=quadratic", f"--path={save_path}",
+                       "--num_epochs=3", "--num_steps=4")
+        self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
+        self.assertIn("Epoch 3", evaluate.stdout)
+        errors, times = stats(evaluate.stdout)
+        self.assertLen(errors, 1)
+        # The quadratic's loss starts near 30 (W, y uniform, x tiny): 10^1.5 bounds the mean.
+        self.assertLess(errors[0], 1.5)
+
+    def test_evaluate_runs_tensorflow_adam(self):
+        result = run("evaluate.py", "--problem=quadratic", "--optimizer=Adam",
+                     "--learning_rate=0.1", "--num_epochs=2", "--num_steps=20")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        errors, _ = stats(result.stdout)
+        self.assertLess(errors[0], 1.0)  # Adam lowers the quadratic from ~30 within 20 steps.
+
+    @parameterized.named_parameters(
+        ("unknown_problem", "evaluate.py", ["--problem=cifar5"], r"--problem=cifar5.*simple"),
+        ("unknown_optimizer", "evaluate.py", ["--optimizer=Adagrad"],
+         r"--optimizer=Adagrad.*Adam"),
+        ("missing_path", "evaluate.py", ["--problem=quadratic", "--path=/nonexistent/opt"],
+         r"--path /nonexistent/opt does not exist"),
+        ("bad_divisor", "train.py", ["--num_steps=10", "--unroll_length=3"],
+         r"unroll_length \(3\) must be positive and divide num_steps \(10\)"),
+        ("bad_learning_rate", "train.py", ["--learning_rate=-1"], r"--learning_rate must be "
+                                                                  r"positive"),
+        ("stray_argument", "train.py", ["quadratic"], r"Unexpected arguments: quadratic"),
+    )
+    def test_bad_input_is_one_clear_line(self, script, args, message):
+        result = run(script, *args)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertRegex(result.stderr.strip().splitlines()[0], message)
+
+    def test_unreadable_optimizer_file_is_one_clear_line(self):
+        path = os.path.join(self.get_temp_dir(), "cw.l2l")
+        with open(path, "wb") as f:
+            f.write(b"not an optimizer")
+        result = run("evaluate.py", "--problem=quadratic", f"--path={path}")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip(),
+                         f"evaluate.py: error: {path} is not an optimizer file (neither this "
+                         f"project's format nor a legacy .l2l pickle).")
+
+    def test_train_refuses_to_overwrite_a_saved_optimizer(self):
+        save_path = os.path.join(self.get_temp_dir(), "taken")
+        os.makedirs(save_path)
+        with open(os.path.join(save_path, "cw.l2l"), "wb") as f:
+            f.write(b"precious")
+        result = run("train.py", "--problem=quadratic", f"--save_path={save_path}", *TINY)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("already holds a saved optimizer", result.stderr)
+        with open(os.path.join(save_path, "cw.l2l"), "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])

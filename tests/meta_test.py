@@ -1,0 +1,330 @@
+"""Tests for meta.py: the unroll, meta-gradients, truncation, assignments and compile modes."""
+
+import os
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+import meta
+import networks
+import problems
+
+
+def _half_square(dtype=tf.float32, x0=(1.0, -2.0, 3.0)):
+    """`0.5 ||x||^2` from a fixed `x0`: closed forms for hand-designed steps."""
+    return problems.Problem(("x",), lambda seed: [tf.constant(x0, dtype)],
+                            lambda seed, step: (),
+                            lambda params, data: 0.5 * tf.reduce_sum(tf.square(params[0])))
+
+
+def _two_quadratics(dtype=tf.float32):
+    """Two parameter tensors of different shapes, for batched-versus-per-variable checks."""
+    return problems.ensemble([problems.quadratic(batch_size=2, num_dims=3, dtype=dtype),
+                              problems.quadratic(batch_size=3, num_dims=2, dtype=dtype)],
+                             weights=[1.0, 0.5])
+
+
+def _lstm_config(**options):
+    options.setdefault("layers", (4,))
+    return {"cw": {"net": "CoordinateWiseDeepLSTM", "net_options": options}}
+
+
+def _weights(unroll):
+    return [v.numpy() for v in unroll.variables]
+
+
+class SgdUnrollTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters(*meta.MODES)
+    def test_sgd_unroll_matches_closed_form(self, mode):
+        lr, steps = 0.1, 5
+        x0 = np.array([1.0, -2.0, 3.0])
+        optimizer = meta.MetaOptimizer(sgd={"net": "Sgd", "net_options": {"learning_rate": lr}})
+        unroll = optimizer.meta_loss(_half_square(), steps, mode=mode)
+        unroll.reset([0, 0])
+        result = unroll()
+        decay = (1.0 - lr) ** np.arange(steps + 1)  # x_t = (1 - lr)^t x_0.
+        self.assertAllClose(unroll.carry.params[0], decay[-1] * x0, rtol=1e-6)
+        self.assertAllClose(result.losses, 0.5 * decay**2 * np.sum(x0**2), rtol=1e-6)
+        self.assertAllClose(result.meta_loss, 0.5 * np.sum(decay**2) * np.sum(x0**2), rtol=1e-6)
+        self.assertEqual(int(unroll.carry.step), steps)
+
+    def test_carry_continues_across_unrolls(self):
+        optimizer = meta.MetaOptimizer(**_lstm_config())
+        problem = problems.quadratic(batch_size=4, num_dims=3)
+        long = optimizer.meta_loss(problem, 6, mode="graph")
+        short = optimizer.meta_loss(problem, 3, mode="graph")
+        long.reset([1, 2])
+        short.reset([1, 2])
+        whole = long().losses.numpy()
+        halves = [short().losses.numpy(), short().losses.numpy()]
+        self.assertAllClose(np.concatenate([halves[0], halves[1][1:]]), whole, rtol=1e-6)
+        # A reset starts the epoch again from the same seed.
+        short.reset([1, 2])
+        self.assertAllClose(short().losses, halves[0], rtol=1e-6)
+
+
+class MetaGradientTest(tf.test.TestCase):
+
+    def _meta_loss_and_gradient(self, second_derivatives):
+        tf.random.set_seed(3)
+        # Float64 so that central differences are accurate to ~1e-9; a large output scale so
+        # that steps, and with them the optimizee's curvature, matter.
+        optimizer = meta.MetaOptimizer(**_lstm_config(layers=(3,), scale=2.0, dtype=tf.float64))
+        problem = problems.quadratic(batch_size=2, num_dims=3, stddev=1.0, dtype=tf.float64)
+        unroll = optimizer.meta_loss(problem, 3, second_derivatives=second_derivatives,
+                                     mode="eager")
+
+        def meta_loss():
+            unroll.reset([4, 5])
+            return unroll().meta_loss.numpy()
+
+        unroll.reset([4, 5])
+        with tf.GradientTape() as tape:
+            loss = unroll().meta_loss
+        grads = tape.gradient(loss, unroll.variables)
+        return unroll.variables, meta_loss, np.concatenate([g.numpy().ravel() for g in grads])
+
+    def _finite_differences(self, variables, meta_loss, eps=1e-6):
+        result = []
+        for variable in variables:
+            theta = variable.numpy()
+            for index in np.ndindex(*theta.shape):
+                bump = np.zeros_like(theta)
+                bump[index] = eps
+                variable.assign(theta + bump)
+                upper = meta_loss()
+                variable.assign(theta - bump)
+                lower = meta_loss()
+                variable.assign(theta)
+                result.append((upper - lower) / (2 * eps))
+        return np.array(result)
+
+    def test_meta_gradient_with_second_derivatives_matches_finite_differences(self):
+        variables, meta_loss, exact_grad = self._meta_loss_and_gradient(True)
+        numeric = self._finite_differences(variables, meta_loss)
+        scale = np.max(np.abs(numeric))
+        self.assertLess(np.max(np.abs(exact_grad - numeric)) / scale, 1e-7)
+        # Without second derivatives the Hessian terms are dropped: a real difference.
+        _, _, first_order = self._meta_loss_and_gradient(False)
+        self.assertGreater(np.max(np.abs(first_order - numeric)) / scale, 1e-3)
+
+
+class NetAssignmentsTest(tf.test.TestCase, parameterized.TestCase):
+
+    def _simple_multi(self):
+        return meta.MetaOptimizer(
+            cw={"net": "CoordinateWiseDeepLSTM",
+                "net_options": {"layers": (), "initializer": "zeros"}},
+            adam={"net": "Adam", "net_options": {"learning_rate": 0.1}})
+
+    @parameterized.parameters(True, False)
+    def test_adam_network_steps_its_variable_as_adam(self, batch_coordinates):
+        optimizer = self._simple_multi()
+        unroll = optimizer.meta_loss(problems.simple_multi_optimizer(), 5,
+                                     net_assignments=[("cw", ["x_0"]), ("adam", ["x_1"])],
+                                     batch_coordinates=batch_coordinates, mode="graph")
+        unroll.reset([0, 0])
+        unroll()
+        x, m, v = 1.0, 0.0, 0.0
+        for t in range(1, 6):  # f = x^2: g = 2x.
+            g = 2 * x
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            x -= 0.1 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        x_0, x_1 = unroll.carry.params
+        self.assertAllClose(x_1, x, rtol=1e-5)
+        self.assertEqual(float(x_0), 1.0)  # The zero-initialized LSTM has not moved x_0.
+
+    def test_meta_training_moves_only_the_lstm(self):
+        optimizer = self._simple_multi()
+        unroll = optimizer.meta_minimize(problems.simple_multi_optimizer(), 5, learning_rate=0.1,
+                                         net_assignments=[("cw", ["x_0"]), ("adam", ["x_1"])])
+        unroll.reset([0, 0])
+        unroll()
+        self.assertEqual(len(unroll.variables), 2)  # The LSTM's linear w and b; Adam has none.
+        self.assertNotAllClose(unroll.variables[0], [[0.0]])
+
+    @parameterized.named_parameters(
+        ("unknown_net", [("cw", ["x_0"]), ("rms", ["x_1"])], "Unknown network 'rms'"),
+        ("unknown_variable", [("cw", ["x_0", "x_9"]), ("adam", ["x_1"])],
+         "Unknown variable 'x_9'"),
+        ("repeated_net", [("cw", ["x_0"]), ("cw", ["x_1"])], "Network 'cw' appears twice"),
+        ("variable_twice", [("cw", ["x_0", "x_1"]), ("adam", ["x_1"])],
+         "'x_1' is assigned to both networks 'cw' and 'adam'"),
+        ("uncovered", [("cw", ["x_0"])], r"\['x_1'\] are not assigned"),
+        ("missing", None, "net_assignments is needed with several networks"),
+    )
+    def test_bad_assignments_are_clear_errors(self, assignments, message):
+        with self.assertRaisesRegex(ValueError, message):
+            self._simple_multi().meta_loss(problems.simple_multi_optimizer(), 2,
+                                           net_assignments=assignments)
+
+    def test_meta_minimize_needs_trainable_weights(self):
+        optimizer = meta.MetaOptimizer(adam={"net": "Adam"})
+        with self.assertRaisesRegex(ValueError, "needs a network with trainable weights"):
+            optimizer.meta_minimize(problems.simple(), 2)
+
+
+class ModesTest(tf.test.TestCase, parameterized.TestCase):
+
+    def _train(self, mode, batch_coordinates=True, problem=None):
+        tf.random.set_seed(7)
+        optimizer = meta.MetaOptimizer(**_lstm_config(
+            layers=(5, 4), preprocess_name="LogAndSign", preprocess_options={"k": 5}))
+        unroll = optimizer.meta_minimize(problem or _two_quadratics(), 4, learning_rate=0.01,
+                                         mode=mode, batch_coordinates=batch_coordinates)
+        unroll.reset([0, 1])
+        results = [unroll() for _ in range(3)]
+        return [r.losses.numpy() for r in results], _weights(unroll)
+
+    @parameterized.parameters("eager", "xla")
+    def test_mode_gives_the_numbers_of_graph_mode(self, mode):
+        losses, weights = self._train(mode)
+        reference_losses, reference_weights = self._train("graph")
+        self.assertAllClose(losses, reference_losses, rtol=1e-5)
+        for w, r in zip(weights, reference_weights):
+            self.assertAllClose(w, r, rtol=1e-4, atol=1e-6)
+
+    def test_batched_coordinates_equal_one_call_per_variable(self):
+        losses, weights = self._train("graph", batch_coordinates=True)
+        reference_losses, reference_weights = self._train("graph", batch_coordinates=False)
+        self.assertAllClose(losses, reference_losses, rtol=1e-5)
+        for w, r in zip(weights, reference_weights):
+            self.assertAllClose(w, r, rtol=1e-4, atol=1e-6)
+
+    def test_no_retracing_across_calls_and_resets(self):
+        optimizer = meta.MetaOptimizer(**_lstm_config())
+        unroll = optimizer.meta_minimize(problems.quadratic(batch_size=2, num_dims=2), 2,
+                                         mode="graph")
+        for epoch in range(3):
+            unroll.reset([0, epoch])
+            for _ in range(2):
+                unroll()
+        self.assertLessEqual(unroll._step_fn.experimental_get_tracing_count(), 2)
+        self.assertEqual(unroll._reset_fn.experimental_get_tracing_count(), 1)
+
+
+class StateResetTest(tf.test.TestCase):
+
+    def _history(self, unroll_length, period, num_steps=12):
+        tf.random.set_seed(11)
+        optimizer = meta.MetaOptimizer(**_lstm_config(layers=(4,)))
+        unroll = optimizer.meta_loss(problems.quadratic(batch_size=3, num_dims=2), unroll_length,
+                                     state_reset_period=period, mode="graph")
+        unroll.reset([2, 3])
+        losses = [unroll().losses.numpy() for _ in range(num_steps // unroll_length)]
+        return np.concatenate([losses[0]] + [l[1:] for l in losses[1:]])
+
+    def test_static_and_dynamic_reset_points_agree(self):
+        # Period 2 with unrolls of 4 resets at fixed positions; with unrolls of 3 it must
+        # find the reset points at run time. Both must reset at steps 2, 4, 6, ...
+        self.assertAllClose(self._history(4, 2), self._history(3, 2), rtol=1e-6)
+
+    def test_resets_change_the_trajectory(self):
+        carried = self._history(4, 0)
+        self.assertAllClose(self._history(3, 0), carried, rtol=1e-6)
+        reset = self._history(4, 2)
+        self.assertAllClose(reset[:3], carried[:3], rtol=1e-6)  # Same until the first reset.
+        self.assertNotAllClose(reset, carried)
+
+    def test_reset_every_step_makes_each_step_memoryless(self):
+        # With period 1 every step starts from the zero state, so the step from x_2 is the step
+        # a fresh network takes from x_2; without resets the LSTM's memory changes it.
+        tf.random.set_seed(12)
+        optimizer = meta.MetaOptimizer(**_lstm_config(layers=(4,), scale=0.5))
+
+        def run(x0, length, period):
+            problem = _half_square(x0=x0)
+            unroll = optimizer.meta_loss(problem, length, state_reset_period=period,
+                                         mode="eager")
+            unroll.reset([0, 0])
+            unroll()
+            return unroll.carry.params[0].numpy()
+
+        x0 = (1.0, -2.0, 3.0)
+        x2 = run(x0, 2, period=1)
+        fresh_x3 = run(tuple(x2), 1, period=0)
+        self.assertAllClose(run(x0, 3, period=1), fresh_x3, rtol=1e-6)
+        self.assertNotAllClose(run(x0, 3, period=0), fresh_x3, rtol=1e-4)
+
+
+class ObjectiveTest(tf.test.TestCase):
+
+    def _shifted_problem(self):
+        # Training data 0 and held-out data 10: the two meta-losses are distinguishable.
+        return problems.Problem(
+            ("x",), lambda seed: [tf.constant([1.0, 2.0])],
+            lambda seed, step: tf.constant(0.0),
+            lambda params, data: tf.reduce_sum(tf.square(params[0] - data)),
+            sample_validation=lambda seed, step: tf.constant(10.0))
+
+    def test_validation_objective_sums_held_out_losses(self):
+        optimizer = meta.MetaOptimizer(sgd={"net": "Sgd", "net_options": {"learning_rate": 0.25}})
+        unroll = optimizer.meta_loss(self._shifted_problem(), 3, meta_objective="validation",
+                                     mode="graph")
+        unroll.reset([0, 0])
+        result = unroll()
+        # SGD on sum (x - 0)^2 with lr 0.25 halves x each step: x_t = 0.5^t x_0.
+        xs = [np.array([1.0, 2.0]) * 0.5**t for t in range(4)]
+        self.assertAllClose(result.losses, [np.sum(x**2) for x in xs], rtol=1e-6)
+        self.assertAllClose(result.meta_loss, sum(np.sum((x - 10.0)**2) for x in xs), rtol=1e-6)
+
+    def test_problems_without_data_refuse_the_validation_objective(self):
+        optimizer = meta.MetaOptimizer(**_lstm_config())
+        with self.assertRaisesRegex(ValueError, "needs a problem with held-out data"):
+            optimizer.meta_minimize(problems.quadratic(), 2, meta_objective="validation")
+
+
+class NonFiniteTest(tf.test.TestCase):
+
+    def test_non_finite_meta_gradient_never_reaches_the_weights(self):
+        # The loss is finite until x crosses zero, where its log turns NaN.
+        problem = problems.Problem(("x",), lambda seed: [tf.constant([0.3])],
+                                   lambda seed, step: (),
+                                   lambda params, data: tf.reduce_sum(
+                                       tf.math.log(params[0]) + params[0]))
+        optimizer = meta.MetaOptimizer(cw={"net": "CoordinateWiseDeepLSTM",
+                                           "net_options": {"layers": (), "scale": 1.0}})
+        unroll = optimizer.meta_minimize(problem, 3, learning_rate=0.1, mode="graph")
+        w = next(v for v in unroll.variables if v.shape == (1, 1))
+        w.assign([[-10.0]])  # Steps of -10 * preprocessed gradient drive x negative at once.
+        before = _weights(unroll)
+        unroll.reset([0, 0])
+        result = unroll()
+        self.assertFalse(np.isfinite(result.meta_loss.numpy()))
+        self.assertFalse(bool(result.applied))
+        for b, a in zip(before, _weights(unroll)):
+            self.assertAllEqual(a, b)
+        self.assertEqual(int(unroll.optimizer.step.numpy()), 0)
+
+
+class SaveTest(tf.test.TestCase):
+
+    def test_save_writes_one_file_per_network_with_the_original_names(self):
+        optimizer = meta.MetaOptimizer(
+            cw={"net": "CoordinateWiseDeepLSTM", "net_options": {"layers": (3,)}},
+            conv={"net": "FixedLambdaDeepLSTM", "net_options": {"layers": (3,),
+                                                                "fixed_lambda": 0.01}},
+            fc={"net": "LearnedLambdaDeepLSTM", "net_options": {"layers": (3,)}},
+            adam={"net": "Adam"})
+        path = self.get_temp_dir()
+        optimizer.save(path)
+        self.assertCountEqual(
+            [f for f in os.listdir(path) if f.endswith(".l2l")],
+            ["cw.l2l", "convfixed0.01.l2l", "fclearned.l2l", "adam.l2l"])
+        restored = meta.MetaOptimizer(
+            cw={"net": "CoordinateWiseDeepLSTM", "net_path": os.path.join(path, "cw.l2l")})
+        for a, b in zip(restored.nets["cw"].trainable_variables,
+                        optimizer.nets["cw"].trainable_variables):
+            self.assertAllEqual(a, b)
+
+    def test_num_unrolls(self):
+        self.assertEqual(meta.num_unrolls(100, 20), 5)
+        with self.assertRaisesRegex(ValueError, r"unroll_length \(30\) must be positive and "
+                                                r"divide num_steps \(100\)"):
+            meta.num_unrolls(100, 30)
+
+
+if __name__ == "__main__":
+    tf.test.main()
