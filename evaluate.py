@@ -9,7 +9,6 @@ the mean final loss.
 
 import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
 
-import os
 
 from absl import app
 from absl import flags
@@ -25,6 +24,8 @@ flags.DEFINE_integer("num_epochs", 100, "Number of evaluation epochs.", lower_bo
 flags.DEFINE_integer("seed", 0, "Seed of the problems' initial parameters and data.")
 flags.DEFINE_enum("problem", "simple", sorted(util.CONFIGS), "Type of problem.")
 flags.DEFINE_integer("num_steps", 100, "Number of optimization steps per epoch.", lower_bound=1)
+flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
+                    "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
 flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.function) or xla; "
                   "default: the fastest for the device (xla on GPU, graph on CPU).")
 
@@ -32,7 +33,7 @@ flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.funct
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
-    config = util.get_config(FLAGS.problem, "test")
+    config = util.get_config(FLAGS.problem, "test", FLAGS.data_dir)
     unroll_length = util.eval_unroll_length(FLAGS.num_steps)
     if FLAGS.optimizer in meta.BASELINES:
         unroll = meta.BaselineUnroll(config.problem, FLAGS.optimizer, FLAGS.learning_rate,

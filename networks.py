@@ -3,7 +3,8 @@
 Every network is a recurrent core that maps the gradient of a parameter and its previous state to
 the step the meta-optimizer adds to that parameter (`x_next = x + step`) and its next state.
 The learned ones are deep LSTMs; `Sgd` and `Adam` are hand-designed baselines with the same
-interface; the lambda networks add `lambda * x` to the LSTM's step (`x_next = x + delta + lambda x`).
+interface; the lambda networks add `lambda * x` to the LSTM's step
+(`x_next = x + delta + lambda * x`).
 
 Weights are saved in a zip of arrays with a JSON header (never a pickle), which records the
 network class and options so that a load can check that the file fits the network.
@@ -78,7 +79,8 @@ PREPROCESSORS = {"identity": (tf.identity, 1), "Clamp": (Clamp, 1), "LogAndSign"
 def _make_preprocess(name, options):
     """Returns `(fn, features_per_input)` for a preprocessing name."""
     if name not in PREPROCESSORS:
-        raise ValueError(f"Unknown preprocess_name {name!r}; expected one of {sorted(PREPROCESSORS)}.")
+        raise ValueError(f"Unknown preprocess_name {name!r}; "
+                         f"expected one of {sorted(PREPROCESSORS)}.")
     fn, features = PREPROCESSORS[name]
     if name == "identity":
         if options:
@@ -401,7 +403,8 @@ class LearnedLambdaDeepLSTM(_LambdaDeepLSTM):
     def __init__(self, lambda_mode="per_coordinate", init_lambda=0.01, lambda_max=0.1,
                  initializer=None, dtype=tf.float32, name="cw_learned_lambda", **kwargs):
         if lambda_mode not in LAMBDA_MODES:
-            raise ValueError(f"Unknown lambda_mode {lambda_mode!r}; expected one of {LAMBDA_MODES}.")
+            raise ValueError(f"Unknown lambda_mode {lambda_mode!r}; "
+                             f"expected one of {LAMBDA_MODES}.")
         if not lambda_max > 0 or not abs(init_lambda) < lambda_max:
             raise ValueError(f"init_lambda must lie strictly inside (-lambda_max, lambda_max); "
                              f"got init_lambda={init_lambda}, lambda_max={lambda_max}.")
@@ -647,4 +650,5 @@ def factory(net, net_options=(), net_path=None):
 
 
 def _describe(layout):
-    return "{" + ", ".join(f"{layer}: {sorted(names)}" for layer, names in sorted(layout.items())) + "}"
+    parts = [f"{layer}: {sorted(names)}" for layer, names in sorted(layout.items())]
+    return "{" + ", ".join(parts) + "}"

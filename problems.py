@@ -142,3 +142,164 @@ def ensemble(problems: Sequence[Problem], weights: Optional[Sequence[float]] = N
     names = tuple(f"problem_{i}/{name}" for i, p in enumerate(problems) for name in p.names)
     has_validation = all(p.sample_validation is not None for p in problems)
     return Problem(names, init, sample, loss, sample_validation if has_validation else None)
+
+
+# -- Classification problems on real data -------------------------------------------------------
+
+_ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu}
+_INIT_STDDEV = 0.01  # The original's N(0, 0.01) for every weight and bias.
+_BATCH_NORM_EPSILON = 1e-3  # Sonnet 1's BatchNorm default.
+# Salts of the seed streams within an epoch.
+_INIT, _TRAIN_BATCH, _VALIDATION_BATCH = 0, 1, 2
+
+
+def _activation(name):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}.")
+    return _ACTIVATIONS[name]
+
+
+def _dataset_problem(dataset, split, data_dir, batch_size, params, forward, flatten):
+    """A classification problem: a batch of `batch_size` examples drawn uniformly at each step.
+
+    Args:
+      dataset: a `datasets.NAMES` name.
+      split: "train" (with "validation" as held-out data), "validation" or "test".
+      data_dir: passed to `datasets.load`.
+      batch_size: examples per optimizee step.
+      params: `[(name, shape, initial value)]`: "normal" (N(0, 0.01)) or "zeros".
+      forward: `(params, inputs) -> logits`.
+      flatten: feed `[batch, features]` instead of images.
+    """
+    import datasets  # pylint: disable=import-outside-toplevel
+
+    def in_memory(which):
+        x, y = datasets.load(dataset, which, data_dir)
+        # Images stay uint8 in memory (a quarter of float32) and are scaled per batch.
+        x = tf.constant(x.reshape(len(x), -1) if flatten else x)
+        return x, tf.constant(y, tf.int32)
+
+    train = in_memory(split)
+    held_out = in_memory("validation") if split == "train" else None
+
+    def init(seed):
+        values = []
+        for i, (_, shape, how) in enumerate(params):
+            values.append(tf.zeros(shape) if how == "zeros"
+                          else random_normal(shape, derive_seed(seed, _INIT, i), _INIT_STDDEV))
+        return values
+
+    def batch(data, seed, salt, step):
+        x, y = data
+        indices = random_indices([batch_size], derive_seed(seed, salt, step), x.shape[0])
+        inputs = tf.gather(x, indices)
+        if inputs.dtype == tf.uint8:
+            inputs = tf.cast(inputs, tf.float32) / 255.0  # Pixels to [0, 1].
+        return inputs, tf.gather(y, indices)
+
+    def loss(params_, data):
+        inputs, labels = data
+        logits = forward(params_, inputs)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    return Problem(
+        names=tuple(name for name, _, _ in params), init=init,
+        sample=lambda seed, step: batch(train, seed, _TRAIN_BATCH, step), loss=loss,
+        sample_validation=(None if held_out is None else
+                           lambda seed, step: batch(held_out, seed, _VALIDATION_BATCH, step)))
+
+
+def _mlp_params(sizes):
+    params = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params += [(f"mlp/linear_{i}/w", [fan_in, fan_out], "normal"),
+                   (f"mlp/linear_{i}/b", [fan_out], "normal")]
+    return params
+
+
+def _mlp_forward(activation, num_layers):
+    def forward(params, inputs):
+        hidden = inputs
+        for i in range(num_layers):
+            w, b = params[2 * i], params[2 * i + 1]
+            hidden = tf.matmul(hidden, w) + b
+            if i < num_layers - 1:
+                hidden = activation(hidden)
+        return hidden
+    return forward
+
+
+_NUM_FEATURES = {"mnist": 784, "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072,
+                 "iris": 4}
+_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "iris": 3}
+
+
+def mlp(dataset, layers=(20,), activation="sigmoid", batch_size=128, split="train",
+        data_dir=None):
+    """Classification of a dataset's flattened examples by an MLP (the original's `mnist`).
+
+    Hidden layers `layers` with `activation`, a linear output per class, softmax cross-entropy;
+    weights and biases start from N(0, 0.01). Parameter names follow Sonnet 1's
+    (`mlp/linear_0/w`, ...).
+    """
+    act = _activation(activation)
+    if dataset not in _NUM_FEATURES:
+        raise ValueError(f"Unknown dataset {dataset!r}; expected one of {sorted(_NUM_FEATURES)}.")
+    sizes = [_NUM_FEATURES[dataset], *layers, _NUM_CLASSES[dataset]]
+    return _dataset_problem(dataset, split, data_dir, batch_size, _mlp_params(sizes),
+                            _mlp_forward(act, len(sizes) - 1), flatten=True)
+
+
+def mnist(layers=(20,), activation="sigmoid", batch_size=128, split="train", data_dir=None):
+    """MNIST digits by an MLP, 784 -> `layers` -> 10 (the paper's problem: one layer of 20)."""
+    return mlp("mnist", layers, activation, batch_size, split, data_dir)
+
+
+def _batch_norm(x, beta, axes):
+    """Batch normalization with the batch's own statistics and a learned offset only."""
+    mean, variance = tf.nn.moments(x, axes)
+    return (x - mean) * tf.math.rsqrt(variance + _BATCH_NORM_EPSILON) + beta
+
+
+def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_size=128, split="train",
+            data_dir=None, dataset="cifar10"):
+    """The original's CIFAR convolutional network.
+
+    Each conv layer: 5x5, stride 1, SAME, bias, batch norm (offset only), ReLU, 2x2 max-pool
+    (stride 2, SAME); then an MLP whose hidden layers apply batch norm and ReLU.
+    """
+    params, channels, side = [], 3, 32
+    for i, out in enumerate(conv_channels):
+        params += [(f"conv_net_2d/conv_2d_{i}/w", [5, 5, channels, out], "normal"),
+                   (f"conv_net_2d/conv_2d_{i}/b", [out], "normal"),
+                   (f"conv_net_2d/batch_norm_{i}/beta", [out], "zeros")]
+        channels, side = out, (side + 1) // 2
+    sizes = [side * side * channels, *linear_layers, _NUM_CLASSES[dataset]]
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params += [(f"mlp/linear_{i}/w", [fan_in, fan_out], "normal"),
+                   (f"mlp/linear_{i}/b", [fan_out], "normal")]
+        if i < len(sizes) - 2:
+            suffix = "" if len(sizes) == 3 else f"_{i}"  # Sonnet 1 named a lone one batch_norm.
+            params.append((f"mlp/batch_norm{suffix}/beta", [fan_out], "zeros"))
+    num_conv = len(conv_channels)
+
+    def forward(values, images):
+        hidden, k = images, 0
+        for _ in range(num_conv):
+            w, b, beta = values[k:k + 3]
+            k += 3
+            hidden = tf.nn.conv2d(hidden, w, strides=1, padding="SAME") + b
+            hidden = tf.nn.relu(_batch_norm(hidden, beta, axes=[0, 1, 2]))
+            hidden = tf.nn.max_pool2d(hidden, ksize=2, strides=2, padding="SAME")
+        hidden = tf.reshape(hidden, [tf.shape(hidden)[0], -1])
+        for i in range(len(sizes) - 1):
+            w, b = values[k:k + 2]
+            k += 2
+            hidden = tf.matmul(hidden, w) + b
+            if i < len(sizes) - 2:
+                hidden = tf.nn.relu(_batch_norm(hidden, values[k], axes=[0]))
+                k += 1
+        return hidden
+
+    return _dataset_problem(dataset, split, data_dir, batch_size, params, forward,
+                            flatten=False)

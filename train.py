@@ -29,6 +29,8 @@ flags.DEFINE_integer("unroll_length", 20, "Meta-optimizer unroll length.", lower
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of the meta-optimizer (Adam).")
 flags.DEFINE_boolean("second_derivatives", False, "Use second derivatives.")
 flags.DEFINE_integer("seed", 0, "Seed of the network weights and of all problem data.")
+flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
+                    "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
 flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.function) or xla; "
                   "default: the fastest for the device (xla on GPU, graph on CPU).")
 
@@ -47,14 +49,14 @@ def main(argv):
         os.makedirs(FLAGS.save_path, exist_ok=True)
 
     tf.random.set_seed(FLAGS.seed)  # The networks' initial weights.
-    config = util.get_config(FLAGS.problem, "train")
+    config = util.get_config(FLAGS.problem, "train", FLAGS.data_dir)
     optimizer = meta.MetaOptimizer(**config.net_config)
     minimize = optimizer.meta_minimize(
         config.problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
         net_assignments=config.net_assignments, second_derivatives=FLAGS.second_derivatives,
         mode=FLAGS.mode)
     # Held-out epochs (validation data where the problem has data) choose the optimizer to keep.
-    eval_config = util.get_config(FLAGS.problem, "validation")
+    eval_config = util.get_config(FLAGS.problem, "validation", FLAGS.data_dir)
     eval_length = util.eval_unroll_length(FLAGS.num_steps)
     evaluation = optimizer.meta_loss(eval_config.problem, eval_length,
                                      net_assignments=eval_config.net_assignments, mode=FLAGS.mode)

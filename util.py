@@ -66,10 +66,43 @@ def _quadratic(split, data_dir):
     return Config(problems.quadratic(batch_size=128, num_dims=10), {"cw": _lstm()}, None)
 
 
+def _mlp(dataset, **options):
+    def config(split, data_dir):
+        problem = problems.mlp(dataset, split=split, data_dir=data_dir, **options)
+        return Config(problem, {"cw": _lstm(**_PREPROCESSED)}, None)
+    return config
+
+
+def _cifar(split, data_dir):
+    return Config(problems.cifar10(split=split, data_dir=data_dir),
+                  {"cw": _lstm(**_PREPROCESSED)}, None)
+
+
+def _cifar_multi(split, data_dir):
+    """The original's split: one LSTM for the conv kernels, another for everything else."""
+    problem = problems.cifar10(split=split, data_dir=data_dir)
+    conv = [name for name in problem.names if "/conv_2d_" in name and name.endswith("/w")]
+    fc = [name for name in problem.names if name not in conv]
+    return Config(problem, {"conv": _lstm(**_PREPROCESSED), "fc": _lstm(**_PREPROCESSED)},
+                  [("conv", conv), ("fc", fc)])
+
+
 CONFIGS: Dict[str, Callable[[str, Optional[str]], Config]] = {
     "simple": _simple,
     "simple-multi": _simple_multi,
     "quadratic": _quadratic,
+    # The paper's MNIST problem and its generalisation variants (an optimizer trained on
+    # `mnist` is evaluated on the others).
+    "mnist": _mlp("mnist"),
+    "mnist-relu": _mlp("mnist", activation="relu"),
+    "mnist-40": _mlp("mnist", layers=(40,)),
+    "mnist-2layer": _mlp("mnist", layers=(20, 20)),
+    "fashion_mnist": _mlp("fashion_mnist"),
+    "iris": _mlp("iris"),
+    "cifar": _cifar,
+    "cifar-multi": _cifar_multi,
+    "cifar-mlp": _mlp("cifar10"),
+    "cifar100-mlp": _mlp("cifar100"),
 }
 SPLITS = ("train", "validation", "test")
 
@@ -141,7 +174,8 @@ def _candidates(directory, key, kind):
     names = sorted(f for f in os.listdir(directory) if f.endswith(".l2l"))
     if kind == "fixed":
         return [f for f in names if f.startswith(key + "fixed")], names
-    return [f for f in names if f == (f"{key}learned.l2l" if kind == "learned" else f"{key}.l2l")], names
+    wanted = f"{key}learned.l2l" if kind == "learned" else f"{key}.l2l"
+    return [f for f in names if f == wanted], names
 
 
 def _choose_fixed(directory, key, candidates, fixed_lambda):

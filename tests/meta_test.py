@@ -7,7 +7,6 @@ import numpy as np
 import tensorflow as tf
 
 import meta
-import networks
 import problems
 
 

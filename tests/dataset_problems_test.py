@@ -1,0 +1,213 @@
+"""Tests for the classification problems of problems.py and their configs, on generated data.
+
+Small files in the real formats stand in for the datasets; tests on the real MNIST and
+Fashion-MNIST run end to end from the CLI where those files are present.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import datasets
+import meta
+import util
+from conftest import REPO_ROOT, shared_path
+from fake_data import cifar_bytes, make_mnist, random_images
+
+SEED = tf.constant([5, 6])
+NUM_TRAIN, NUM_VALIDATION = 40, 8
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """Tiny MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 folders; validation = last 8."""
+    monkeypatch.setattr(datasets, "VALIDATION_SIZES", {n: NUM_VALIDATION for n in datasets.NAMES})
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
+    datasets._read_part.cache_clear()
+    for name in ("mnist", "fashion_mnist"):
+        make_mnist(tmp_path / name, num_train=NUM_TRAIN, num_test=10)
+    # Validation labels differ from training labels so that a test can tell the splits apart.
+    rng = np.random.default_rng(0)
+    for name, files, classes in (("cifar10", [f"data_batch_{i}.bin" for i in range(1, 6)], 10),
+                                 ("cifar100", ["train.bin"], 100)):
+        folder = tmp_path / name
+        folder.mkdir()
+        per_file = NUM_TRAIN // len(files)
+        for f in files:
+            labels = rng.integers(0, classes, per_file)
+            coarse = None if classes == 10 else labels // 5
+            (folder / f).write_bytes(cifar_bytes(random_images(per_file, (32, 32, 3), 1), labels,
+                                                 coarse))
+        test = "test_batch.bin" if classes == 10 else "test.bin"
+        labels = rng.integers(0, classes, 10)
+        (folder / test).write_bytes(cifar_bytes(random_images(10, (32, 32, 3), 2), labels,
+                                                None if classes == 10 else labels // 5))
+    yield str(tmp_path)
+    datasets._read_part.cache_clear()
+
+
+DATA_PROBLEMS = ["mnist", "mnist-relu", "mnist-40", "mnist-2layer", "fashion_mnist", "iris",
+                 "cifar", "cifar-multi", "cifar-mlp", "cifar100-mlp"]
+NUM_CLASSES = {"iris": 3, "cifar100-mlp": 100}
+
+
+def _loss_and_grads(problem, params, data):
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = problem.loss(params, data)
+    return loss, tape.gradient(loss, params)
+
+
+@pytest.mark.parametrize("name", DATA_PROBLEMS)
+def test_initial_loss_is_ln_classes_and_every_parameter_has_a_gradient(name, data_dir):
+    problem = util.get_config(name, "train", data_dir).problem
+    params = problem.init(SEED)
+    assert len(params) == len(problem.names)
+    loss, grads = _loss_and_grads(problem, params, problem.sample(SEED, 0))
+    # N(0, 0.01) weights give nearly uniform predictions: cross-entropy ln(classes).
+    assert abs(float(loss) - np.log(NUM_CLASSES.get(name, 10))) < 0.05
+    for name_, param, grad in zip(problem.names, params, grads):
+        assert grad is not None, name_
+        assert grad.shape == param.shape, name_
+        assert np.all(np.isfinite(grad)), name_
+    assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name, learning_rate", [("mnist", 0.01), ("iris", 0.1), ("cifar", 0.01),
+                                                 ("cifar100-mlp", 0.01)])
+def test_a_few_adam_steps_lower_the_loss(name, learning_rate, data_dir):
+    problem = util.get_config(name, "train", data_dir).problem
+    unroll = meta.BaselineUnroll(problem, "Adam", learning_rate, unroll_length=15, mode="graph")
+    unroll.reset([0, 0])
+    losses = unroll().losses.numpy()
+    assert np.mean(losses[-5:]) < losses[0] - 0.05, losses
+
+
+def test_mnist_architectures(data_dir):
+    shapes = {name: [p.shape.as_list() for p in util.get_config(name, "train", data_dir)
+                     .problem.init(SEED)] for name in ("mnist", "mnist-40", "mnist-2layer")}
+    assert shapes["mnist"] == [[784, 20], [20], [20, 10], [10]]
+    assert shapes["mnist-40"] == [[784, 40], [40], [40, 10], [10]]
+    assert shapes["mnist-2layer"] == [[784, 20], [20], [20, 20], [20], [20, 10], [10]]
+
+
+def test_mnist_relu_differs_from_sigmoid_only_in_the_activation(data_dir):
+    sigmoid = util.get_config("mnist", "train", data_dir).problem
+    relu = util.get_config("mnist-relu", "train", data_dir).problem
+    params = sigmoid.init(SEED)
+    data = sigmoid.sample(SEED, 3)
+    inputs, labels = data
+    w0, b0, w1, b1 = params
+    logits = tf.matmul(tf.nn.relu(tf.matmul(inputs, w0) + b0), w1) + b1
+    expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    np.testing.assert_allclose(relu.loss(params, data), expected, rtol=1e-6)
+
+
+def test_batches_are_scaled_images_drawn_per_step(data_dir):
+    problem = util.get_config("mnist", "train", data_dir).problem
+    (x0, y0), (x0_again, _), (x1, _) = (problem.sample(SEED, 0), problem.sample(SEED, 0),
+                                        problem.sample(SEED, 1))
+    assert x0.shape == (128, 784) and y0.shape == (128,)
+    assert 0.0 <= float(tf.reduce_min(x0)) and float(tf.reduce_max(x0)) <= 1.0
+    assert float(tf.reduce_max(x0)) > 0.9  # Scaled by 1/255, not left in 0..255 or shrunk.
+    np.testing.assert_array_equal(x0, x0_again)
+    assert not np.array_equal(x0, x1)
+
+
+def test_held_out_batches_come_from_the_validation_split(data_dir):
+    problem = util.get_config("mnist", "train", data_dir).problem
+    train_x, _ = datasets.load("mnist", "train", data_dir)
+    valid_x, _ = datasets.load("mnist", "validation", data_dir)
+    train_rows = {row.tobytes() for row in train_x.reshape(len(train_x), -1)}
+    valid_rows = {row.tobytes() for row in valid_x.reshape(len(valid_x), -1)}
+
+    def rows(batch):
+        pixels = np.round(batch[0].numpy() * 255).astype(np.uint8)
+        return {row.tobytes() for row in pixels}
+
+    assert rows(problem.sample(SEED, 0)) <= train_rows
+    assert rows(problem.sample_validation(SEED, 0)) <= valid_rows
+    assert util.get_config("mnist", "test", data_dir).problem.sample_validation is None
+
+
+def test_evaluation_uses_the_test_split(data_dir):
+    test_x, _ = datasets.load("mnist", "test", data_dir)
+    problem = util.get_config("mnist", "test", data_dir).problem
+    pixels = np.round(problem.sample(SEED, 0)[0].numpy() * 255).astype(np.uint8)
+    test_rows = {row.tobytes() for row in test_x.reshape(len(test_x), -1)}
+    assert {row.tobytes() for row in pixels} <= test_rows
+
+
+def test_cifar_multi_assigns_every_variable_to_exactly_one_network(data_dir):
+    config = util.get_config("cifar-multi", "train", data_dir)
+    (conv_key, conv), (fc_key, fc) = config.net_assignments
+    assert (conv_key, fc_key) == ("conv", "fc")
+    assert conv == [f"conv_net_2d/conv_2d_{i}/w" for i in range(3)]
+    assert sorted(conv + fc) == sorted(config.problem.names)
+    assert not set(conv) & set(fc)
+    assert "mlp/batch_norm/beta" in fc and len(fc) == 3 + 3 + 2 * 2 + 1  # b, beta; MLP; BN.
+    # The MetaOptimizer accepts the assignment as it stands.
+    meta.MetaOptimizer(**config.net_config).meta_loss(config.problem, 1,
+                                                      net_assignments=config.net_assignments)
+
+
+def test_cifar_network_shapes(data_dir):
+    problem = util.get_config("cifar", "train", data_dir).problem
+    shapes = dict(zip(problem.names, [p.shape.as_list() for p in problem.init(SEED)]))
+    assert shapes["conv_net_2d/conv_2d_0/w"] == [5, 5, 3, 16]
+    assert shapes["conv_net_2d/conv_2d_2/w"] == [5, 5, 16, 16]
+    assert shapes["mlp/linear_0/w"] == [4 * 4 * 16, 32]  # Three 2x2 pools: 32 -> 4.
+    assert shapes["mlp/linear_1/w"] == [32, 10]
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # No download in tests.
+    with pytest.raises(datasets.DatasetError, match="Dataset 'cifar10' not found.*--data_dir"):
+        util.get_config("cifar", "train", str(tmp_path))
+
+
+def _cli(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "L2L_DEBUG")}
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
+    result = _cli("evaluate.py", "--problem=cifar", "--optimizer=Adam",
+                  f"--data_dir={tmp_path}")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Dataset 'cifar10' not found" in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_mnist_end_to_end_on_real_data(tmp_path):
+    mnist_dir = shared_path("data", "mnist")
+    save_path = tmp_path / "mnist"
+    train = _cli("train.py", "--problem=mnist", f"--data_dir={mnist_dir}", "--num_epochs=2",
+                 "--log_period=1", "--evaluation_period=2", "--evaluation_epochs=1",
+                 "--num_steps=20", "--unroll_length=10", f"--save_path={save_path}")
+    assert train.returncode == 0, train.stderr
+    assert os.listdir(save_path) == ["cw.l2l"]
+    evaluate = _cli("evaluate.py", "--problem=mnist", f"--data_dir={mnist_dir}",
+                    f"--path={save_path}", "--num_epochs=2", "--num_steps=20")
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert "Log Mean Final Error" in evaluate.stdout
+
+
+@pytest.mark.slow
+def test_fashion_mnist_from_the_debian_package():
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+    result = _cli("evaluate.py", "--problem=fashion_mnist", "--optimizer=Adam",
+                  "--learning_rate=0.01", "--num_epochs=1", "--num_steps=50")
+    assert result.returncode == 0, result.stderr
+    # Adam takes the loss well below ln(10) = 2.30 (10^0.36) within 50 steps.
+    error = float(result.stdout.split("Log Mean Final Error: ")[1].split()[0])
+    assert error < 0.2
