@@ -159,22 +159,26 @@ def _activation(name):
     return _ACTIVATIONS[name]
 
 
-def _dataset_problem(dataset, split, data_dir, batch_size, params, forward, flatten):
+def _loader(dataset, data_dir, loader):
+    if loader is not None:
+        return loader
+    import datasets  # pylint: disable=import-outside-toplevel
+    return lambda split: datasets.load(dataset, split, data_dir)
+
+
+def _dataset_problem(load, split, batch_size, params, forward, flatten):
     """A classification problem: a batch of `batch_size` examples drawn uniformly at each step.
 
     Args:
-      dataset: a `datasets.NAMES` name.
+      load: `split -> (x, y)` numpy arrays, e.g. `datasets.load` of one dataset.
       split: "train" (with "validation" as held-out data), "validation" or "test".
-      data_dir: passed to `datasets.load`.
       batch_size: examples per optimizee step.
       params: `[(name, shape, initial value)]`: "normal" (N(0, 0.01)) or "zeros".
       forward: `(params, inputs) -> logits`.
       flatten: feed `[batch, features]` instead of images.
     """
-    import datasets  # pylint: disable=import-outside-toplevel
-
     def in_memory(which):
-        x, y = datasets.load(dataset, which, data_dir)
+        x, y = load(which)
         # Images stay uint8 in memory (a quarter of float32) and are scaled per batch.
         x = tf.constant(x.reshape(len(x), -1) if flatten else x)
         return x, tf.constant(y, tf.int32)
@@ -235,24 +239,26 @@ _NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100
 
 
 def mlp(dataset, layers=(20,), activation="sigmoid", batch_size=128, split="train",
-        data_dir=None):
+        data_dir=None, loader=None):
     """Classification of a dataset's flattened examples by an MLP (the original's `mnist`).
 
     Hidden layers `layers` with `activation`, a linear output per class, softmax cross-entropy;
     weights and biases start from N(0, 0.01). Parameter names follow Sonnet 1's
-    (`mlp/linear_0/w`, ...).
+    (`mlp/linear_0/w`, ...). The data comes from `datasets.load(dataset, split, data_dir)`, or
+    from `loader(split) -> (x, y)` when given (e.g. synthetic data of the same shapes).
     """
     act = _activation(activation)
     if dataset not in _NUM_FEATURES:
         raise ValueError(f"Unknown dataset {dataset!r}; expected one of {sorted(_NUM_FEATURES)}.")
     sizes = [_NUM_FEATURES[dataset], *layers, _NUM_CLASSES[dataset]]
-    return _dataset_problem(dataset, split, data_dir, batch_size, _mlp_params(sizes),
-                            _mlp_forward(act, len(sizes) - 1), flatten=True)
+    return _dataset_problem(_loader(dataset, data_dir, loader), split, batch_size,
+                            _mlp_params(sizes), _mlp_forward(act, len(sizes) - 1), flatten=True)
 
 
-def mnist(layers=(20,), activation="sigmoid", batch_size=128, split="train", data_dir=None):
+def mnist(layers=(20,), activation="sigmoid", batch_size=128, split="train", data_dir=None,
+          loader=None):
     """MNIST digits by an MLP, 784 -> `layers` -> 10 (the paper's problem: one layer of 20)."""
-    return mlp("mnist", layers, activation, batch_size, split, data_dir)
+    return mlp("mnist", layers, activation, batch_size, split, data_dir, loader)
 
 
 def _batch_norm(x, beta, axes):
@@ -262,7 +268,7 @@ def _batch_norm(x, beta, axes):
 
 
 def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_size=128, split="train",
-            data_dir=None, dataset="cifar10"):
+            data_dir=None, dataset="cifar10", loader=None):
     """The original's CIFAR convolutional network.
 
     Each conv layer: 5x5, stride 1, SAME, bias, batch norm (offset only), ReLU, 2x2 max-pool
@@ -301,5 +307,5 @@ def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_size=128, spl
                 k += 1
         return hidden
 
-    return _dataset_problem(dataset, split, data_dir, batch_size, params, forward,
-                            flatten=False)
+    return _dataset_problem(_loader(dataset, data_dir, loader), split, batch_size, params,
+                            forward, flatten=False)
