@@ -1,14 +1,14 @@
 """Evaluates a learned or hand-designed optimizer on a problem (the original's evaluate.py).
 
     python evaluate.py --problem=quadratic --optimizer=L2L --path=runs/quadratic
+    python evaluate.py --problem=quadratic --optimizer=fixed --path=runs/quadratic_fixed
     python evaluate.py --problem=quadratic --optimizer=Adam --learning_rate=0.1
 
-Runs `num_epochs` epochs of `num_steps` optimizee steps each on the problem's test data and prints
-the mean final loss.
+Runs `num_epochs` epochs of `num_steps` optimizee steps each on the problem's test data, prints
+the mean final loss, and writes the loss after every step of every epoch to a CSV history.
 """
 
 import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
-
 
 from absl import app
 from absl import flags
@@ -17,17 +17,49 @@ from absl import logging
 import meta
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("optimizer", "L2L", ["L2L", "Adam"], "Optimizer to evaluate.")
+flags.DEFINE_enum("optimizer", "L2L", list(util.OPTIMIZER_KINDS) + list(meta.BASELINES),
+                  "Optimizer to evaluate: learned (L2L, fixed or learned lambda) or one of "
+                  "TensorFlow's (Adam, RMSprop, SGD, NAG).")
 flags.DEFINE_string("path", None, "Saved optimizer: a directory of .l2l files, or one file.")
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed optimizer.")
+flags.DEFINE_float("fixed_lambda", None, "With --optimizer=fixed: which cwfixed<lambda>.l2l to "
+                   "load when --path holds several (untrained: 0.01).")
+flags.DEFINE_enum("lambda_mode", "per_coordinate", ["per_coordinate", "scalar"],
+                  "Untrained learned-lambda optimizer only (a saved one records its own).")
+flags.DEFINE_float("lambda_max", 0.1, "Untrained learned-lambda optimizer only.")
 flags.DEFINE_integer("num_epochs", 100, "Number of evaluation epochs.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the problems' initial parameters and data.")
 flags.DEFINE_enum("problem", "simple", sorted(util.CONFIGS), "Type of problem.")
 flags.DEFINE_integer("num_steps", 100, "Number of optimization steps per epoch.", lower_bound=1)
+flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer networks' state every "
+                     "that many steps; 0: only at the start of each epoch (DeepMind's original). "
+                     "1 reproduces the TF1-era fork's published evaluations.", lower_bound=0)
+flags.DEFINE_string("history_path", None, "CSV of the loss after every step of every epoch; "
+                    "default saved_histories/{problem}_{optimizer}[_{lambda}].csv.")
 flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
                     "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
 flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.function) or xla; "
                   "default: the fastest for the device (xla on GPU, graph on CPU).")
+
+
+def _learned_unroll(config, unroll_length):
+    """The Unroll of a learned optimizer, and the lambda it uses (fixed lambda only)."""
+    net_config = config.net_config
+    if FLAGS.path is None:
+        logging.warning("Evaluating untrained %s optimizer", FLAGS.optimizer)
+        fixed_lambda = 0.01 if FLAGS.fixed_lambda is None else FLAGS.fixed_lambda
+        net_config = util.with_optimizer_kind(net_config, FLAGS.optimizer, fixed_lambda,
+                                              FLAGS.lambda_mode, FLAGS.lambda_max)
+    else:
+        net_config = util.with_saved_paths(net_config, FLAGS.path, FLAGS.optimizer,
+                                           FLAGS.fixed_lambda)
+    optimizer = meta.MetaOptimizer(**net_config)
+    unroll = optimizer.meta_loss(config.problem, unroll_length,
+                                 net_assignments=config.net_assignments,
+                                 state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode)
+    lambdas = {net.options["fixed_lambda"] for net in optimizer.nets.values()
+               if "fixed_lambda" in net.options}
+    return unroll, (lambdas.pop() if len(lambdas) == 1 else None)
 
 
 def main(argv):
@@ -35,26 +67,33 @@ def main(argv):
         raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
     config = util.get_config(FLAGS.problem, "test", FLAGS.data_dir)
     unroll_length = util.eval_unroll_length(FLAGS.num_steps)
+    fixed_lambda = None
     if FLAGS.optimizer in meta.BASELINES:
         unroll = meta.BaselineUnroll(config.problem, FLAGS.optimizer, FLAGS.learning_rate,
                                      unroll_length, mode=FLAGS.mode)
+        settings = f"learning_rate={FLAGS.learning_rate!r}"
     else:
-        net_config = config.net_config
-        if FLAGS.path is None:
-            logging.warning("Evaluating untrained %s optimizer", FLAGS.optimizer)
-        else:
-            net_config = util.with_saved_paths(net_config, FLAGS.path, FLAGS.optimizer)
-        optimizer = meta.MetaOptimizer(**net_config)
-        unroll = optimizer.meta_loss(config.problem, unroll_length,
-                                     net_assignments=config.net_assignments, mode=FLAGS.mode)
+        unroll, fixed_lambda = _learned_unroll(config, unroll_length)
+        settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
+                    + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}"))
 
     total_time = total_cost = 0.0
+    histories, lambdas = [], []
     for e in range(FLAGS.num_epochs):
         epoch = util.run_epoch(unroll, FLAGS.num_steps // unroll_length,
                                util.epoch_seed(FLAGS.seed, util.TEST, e))
         total_time += epoch.time
         total_cost += epoch.final_loss
+        histories.append(epoch.history)
+        lambdas.extend(epoch.results)
     util.print_stats(f"Epoch {FLAGS.num_epochs}", total_cost, total_time, FLAGS.num_epochs)
+    util.print_lambda_stats(util.lambda_stats(lambdas))
+
+    path = FLAGS.history_path or util.history_path(FLAGS.problem, FLAGS.optimizer, fixed_lambda)
+    util.write_history(path, f"optimizer={FLAGS.optimizer} problem={FLAGS.problem} "
+                             f"num_steps={FLAGS.num_steps} num_epochs={FLAGS.num_epochs} "
+                             f"seed={FLAGS.seed} {settings}", histories)
+    print(f"History of every step written to {path}")
 
 
 if __name__ == "__main__":

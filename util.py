@@ -168,6 +168,78 @@ def eval_unroll_length(num_steps, longest=100):
 
 OPTIMIZER_KINDS = ("L2L", "fixed", "learned")
 _LSTM_NETS = ("CoordinateWiseDeepLSTM", "FixedLambdaDeepLSTM", "LearnedLambdaDeepLSTM")
+_KIND_NETS = {"L2L": "CoordinateWiseDeepLSTM", "fixed": "FixedLambdaDeepLSTM",
+              "learned": "LearnedLambdaDeepLSTM"}
+
+
+def with_optimizer_kind(net_config, kind, fixed_lambda=0.01, lambda_mode="per_coordinate",
+                        lambda_max=0.1):
+    """`net_config` with every L2L network turned into the `kind` of optimizer.
+
+    "fixed" adds `fixed_lambda * x` to each step; "learned" meta-learns lambda (`lambda_mode`,
+    bounded by `lambda_max`), starting from `fixed_lambda`. Hand-designed networks (e.g.
+    simple-multi's Adam) stay as they are.
+    """
+    if kind not in OPTIMIZER_KINDS:
+        raise ValueError(f"Unknown optimizer kind {kind!r}; expected one of {OPTIMIZER_KINDS}.")
+    result = {}
+    for key, config in net_config.items():
+        config = dict(config)
+        if config["net"] in _LSTM_NETS:
+            options = {k: v for k, v in config.get("net_options", {}).items()
+                       if k not in ("fixed_lambda", "lambda_mode", "init_lambda", "lambda_max")}
+            if kind == "fixed":
+                options["fixed_lambda"] = fixed_lambda
+            elif kind == "learned":
+                options.update(lambda_mode=lambda_mode, init_lambda=fixed_lambda,
+                               lambda_max=lambda_max)
+            config.update(net=_KIND_NETS[kind], net_options=options)
+        result[key] = config
+    return result
+
+
+def lambda_stats(results):
+    """`{net: (mean, min, max)}` of lambda over unroll results, for the lambda networks."""
+    per_net = {}
+    for result in results:
+        for key, stats in result.lambdas.items():
+            per_net.setdefault(key, []).append(np.asarray(stats))
+    return {key: (float(np.mean([s[0] for s in values])), float(min(s[1] for s in values)),
+                  float(max(s[2] for s in values)))
+            for key, values in per_net.items()}
+
+
+def print_lambda_stats(stats):
+    """One line per lambda network: its value, or mean, min and max over coordinates."""
+    for key, (mean, low, high) in sorted(stats.items()):
+        if low == high:
+            print(f"Lambda {key}: {mean:.6g}")
+        else:
+            print(f"Lambda {key}: mean {mean:.6g} min {low:.6g} max {high:.6g}")
+
+
+def history_path(problem, optimizer, fixed_lambda=None, directory="saved_histories"):
+    """The fork's default history file: `saved_histories/{problem}_{optimizer}[_{lambda}].csv`."""
+    suffix = "" if fixed_lambda is None else f"_{float(fixed_lambda)!r}"
+    return os.path.join(directory, f"{problem}_{optimizer}{suffix}.csv")
+
+
+def write_history(path, header, histories):
+    """Writes per-step losses, one row per epoch, after a `# header` line; atomically."""
+    lines = [f"# {header}"] + [",".join(f"{v:.8g}" for v in row) for row in histories]
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    import networks  # pylint: disable=import-outside-toplevel
+    networks.atomic_write(path, ("\n".join(lines) + "\n").encode())
+
+
+def read_history(path):
+    """`(header, [epochs, steps] array)` of a history file written by `write_history`."""
+    with open(path) as f:
+        header = f.readline()
+    if not header.startswith("# "):
+        raise ValueError(f"{path} is not a history file: its first line is not a '# ' header.")
+    return header[2:].strip(), np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
 
 
 def _candidates(directory, key, kind):
@@ -218,8 +290,7 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None):
     result = {}
     for key, config in net_config.items():
         learned_net = config["net"] in _LSTM_NETS
-        net = {"L2L": "CoordinateWiseDeepLSTM", "fixed": "FixedLambdaDeepLSTM",
-               "learned": "LearnedLambdaDeepLSTM"}[kind] if learned_net else config["net"]
+        net = _KIND_NETS[kind] if learned_net else config["net"]
         if os.path.isfile(path):
             if len(net_config) > 1:
                 raise ValueError(f"--path {path} is one file, but this problem has networks "
