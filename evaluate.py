@@ -77,17 +77,14 @@ def main(argv):
         settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
                     + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}"))
 
-    total_time = total_cost = 0.0
-    histories, lambdas = [], []
-    for e in range(FLAGS.num_epochs):
-        epoch = util.run_epoch(unroll, FLAGS.num_steps // unroll_length,
-                               util.epoch_seed(FLAGS.seed, util.TEST, e))
-        total_time += epoch.time
-        total_cost += epoch.final_loss
-        histories.append(epoch.history)
-        lambdas.extend(epoch.results)
-    util.print_stats(f"Epoch {FLAGS.num_epochs}", total_cost, total_time, FLAGS.num_epochs)
-    util.print_lambda_stats(util.lambda_stats(lambdas))
+    epochs = [util.run_epoch(unroll, FLAGS.num_steps // unroll_length,
+                             util.epoch_seed(FLAGS.seed, util.TEST, e))
+              for e in range(FLAGS.num_epochs)]
+    util.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
+                     sum(e.time for e in epochs), FLAGS.num_epochs)
+    util.report_divergence(epochs)
+    util.print_lambda_stats(util.lambda_stats([r for e in epochs for r in e.results]))
+    histories = [e.history for e in epochs]
 
     path = FLAGS.history_path or util.history_path(FLAGS.problem, FLAGS.optimizer, fixed_lambda)
     util.write_history(path, f"optimizer={FLAGS.optimizer} problem={FLAGS.problem} "

@@ -97,13 +97,16 @@ class MetaOptimizer(snt.Module):
     def nets(self):
         return dict(self._nets)
 
-    def save(self, path):
-        """Saves every network into directory `path`, one file each; returns the file paths."""
+    def save(self, path, metadata=None):
+        """Saves every network into directory `path`, one file each; returns the file paths.
+
+        Each file is written atomically; `metadata` goes into every file (see `networks.save`).
+        """
         os.makedirs(path, exist_ok=True)
         paths = []
         for key, net in self._nets.items():
             paths.append(os.path.join(path, saved_file_name(key, net)))
-            networks.save(net, paths[-1])
+            networks.save(net, paths[-1], metadata)
         return paths
 
     def meta_loss(self, problem, unroll_length, net_assignments=None, second_derivatives=False,
@@ -229,8 +232,8 @@ class Unroll:
         if mode == "eager":
             self._reset_fn, self._step_fn = self._initial_carry, body
         else:
-            self._reset_fn = tf.function(self._initial_carry, jit_compile=mode == "xla")
-            self._step_fn = tf.function(body, jit_compile=mode == "xla")
+            self._reset_fn = tf.function(self._initial_carry, jit_compile=mode == "xla", autograph=False)
+            self._step_fn = tf.function(body, jit_compile=mode == "xla", autograph=False)
         self.carry = None
 
     @property
@@ -401,7 +404,7 @@ class BaselineUnroll:
         self._params, self._initial_slots = None, None
         self._seed, self._step = None, None
         self._step_fn = (self._run if mode == "eager"
-                         else tf.function(self._run, jit_compile=mode == "xla"))
+                         else tf.function(self._run, jit_compile=mode == "xla", autograph=False))
 
     def reset(self, seed):
         self._seed = tf.constant(seed, tf.int32, shape=[2])

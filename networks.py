@@ -508,6 +508,7 @@ class SavedNetwork(NamedTuple):
     net: str  # Class name.
     net_options: dict
     weights: dict  # {layer: {variable: np.ndarray}}
+    metadata: dict = {}  # What the saver recorded beside the weights (e.g. its evaluation).
 
 
 def _plain(value):
@@ -523,11 +524,14 @@ def _normalize_options(options):
     return json.loads(json.dumps(_plain(options)))
 
 
-def save(network, path):
-    """Writes `network`'s class, options and weights to `path`, atomically (write, then rename)."""
+def save(network, path, metadata=None):
+    """Writes `network`'s class, options and weights to `path`, atomically (write, then rename).
+
+    `metadata` (JSON-able) is stored beside them, e.g. the evaluation that made it the best.
+    """
     header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "net": type(network).__name__,
               "net_options": _normalize_options(network.options),
-              "tensorflow": tf.__version__}
+              "metadata": _normalize_options(metadata or {}), "tensorflow": tf.__version__}
     arrays = {f"{layer}/{name}": value
               for layer, variables in network.get_weights().items()
               for name, value in variables.items()}
@@ -601,7 +605,8 @@ def _load_own(path, data):
                                f"version {FORMAT_VERSION}.")
     if header.get("net") not in NETWORKS:
         raise WeightsFileError(f"{path} holds an unknown network {header.get('net')!r}.")
-    return SavedNetwork(header["net"], dict(header["net_options"]), weights)
+    return SavedNetwork(header["net"], dict(header["net_options"]), weights,
+                        dict(header.get("metadata", {})))
 
 
 def _check_fit(path, saved, net, net_options):

@@ -3,22 +3,28 @@
     python train.py --problem=quadratic --save_path=runs/quadratic
 
 Every `log_period` epochs it prints the mean final loss; every `evaluation_period` epochs it
-evaluates the optimizer on held-out epochs and saves it to `save_path` when it improved.
+evaluates the optimizer on held-out epochs and saves it to `save_path` when it improved. With
+`save_path` the run is also checkpointed every `checkpoint_period` epochs: the same command
+resumes it after a crash, Ctrl-C or SIGTERM (`--restart` starts over).
 """
 
 import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
 
+import json
 import os
+import shutil
+import signal
+import uuid
 
 from absl import app
 from absl import flags
-import numpy as np
 import tensorflow as tf
 
 import meta
+import networks
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("save_path", None, "Directory to save the best meta-optimizer to.")
+flags.DEFINE_string("save_path", None, "Directory for the best meta-optimizer and checkpoints.")
 flags.DEFINE_integer("num_epochs", 10000, "Number of training epochs.", lower_bound=1)
 flags.DEFINE_integer("log_period", 100, "Log period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_period", 1000, "Evaluation period (epochs).", lower_bound=1)
@@ -43,24 +49,111 @@ flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer netwo
                      "that many steps; 0: only at the start of each epoch (DeepMind's original). "
                      "The TF1-era fork's weights were trained with the unroll length (20).",
                      lower_bound=0)
+flags.DEFINE_integer("checkpoint_period", 100, "Epochs between checkpoints in save_path.",
+                     lower_bound=1)
+flags.DEFINE_boolean("restart", False, "Start over in a save_path that holds a run, instead of "
+                     "resuming it (its saved optimizer is replaced at the first evaluation).")
+flags.DEFINE_integer("max_nonfinite", 10, "Stop after this many consecutive epochs with a "
+                     "non-finite meta-loss or meta-gradient.", lower_bound=1)
+flags.DEFINE_string("logdir", None, "Directory for TensorBoard summaries.")
 flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
                     "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
 flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.function) or xla; "
                   "default: the fastest for the device (xla on GPU, graph on CPU).")
 
+RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+# The flags that define the computation: a run resumes only with the same values.
+RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
+             "seed", "which_aml", "fixed_lambda", "lambda_mode", "lambda_max", "meta_objective",
+             "state_reset_period")
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
-def main(argv):
+
+def _check_flags(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
-    num_unrolls = meta.num_unrolls(FLAGS.num_steps, FLAGS.unroll_length)
     if not FLAGS.learning_rate > 0:
         raise ValueError(f"--learning_rate must be positive, got {FLAGS.learning_rate}.")
-    if FLAGS.save_path is not None:
-        if os.path.isdir(FLAGS.save_path) and any(
-                f.endswith(".l2l") for f in os.listdir(FLAGS.save_path)):
-            raise ValueError(f"--save_path {FLAGS.save_path} already holds a saved optimizer; "
-                             f"choose a new folder.")
-        os.makedirs(FLAGS.save_path, exist_ok=True)
+    if not FLAGS.lambda_max > 0:
+        raise ValueError(f"--lambda_max must be positive, got {FLAGS.lambda_max}.")
+    if FLAGS.restart and FLAGS.save_path is None:
+        raise ValueError("--restart needs --save_path (the run to start over).")
+    return meta.num_unrolls(FLAGS.num_steps, FLAGS.unroll_length)
+
+
+def _open_run(save_path):
+    """Checks or creates `save_path`'s run file; returns `(run_id, resuming)`."""
+    run_file = os.path.join(save_path, RUN_FILE)
+    current = {name: FLAGS[name].value for name in RUN_FLAGS}
+    if FLAGS.restart:
+        shutil.rmtree(os.path.join(save_path, CHECKPOINTS), ignore_errors=True)
+        if os.path.exists(run_file):
+            os.remove(run_file)
+    elif os.path.exists(run_file):
+        try:
+            with open(run_file) as f:
+                run = json.load(f)
+            recorded, run_id = run["flags"], run["run_id"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{run_file} is damaged ({e}); pass --restart to start over.") from None
+        differ = [name for name in RUN_FLAGS if recorded.get(name) != current[name]]
+        if differ:
+            was = ", ".join(f"--{name}={recorded.get(name)}" for name in differ)
+            raise ValueError(f"--save_path {save_path} holds a run with {was}; resume it with the "
+                             f"same flags, or pass --restart to start over.")
+        return run_id, True
+    elif os.path.isdir(save_path) and any(f.endswith(".l2l") for f in os.listdir(save_path)):
+        raise ValueError(f"--save_path {save_path} holds saved optimizers but no run to resume; "
+                         f"choose a new folder, or pass --restart to train into it.")
+    os.makedirs(save_path, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    networks.atomic_write(run_file, json.dumps({"run_id": run_id, "flags": current},
+                                               indent=1).encode())
+    return run_id, False
+
+
+def _saved_evaluation(save_path, run_id):
+    """The evaluation recorded in this run's saved optimizer files, or None.
+
+    It is written atomically with the weights, so it stays right even when the process died
+    between saving the optimizer and writing the next checkpoint.
+    """
+    best = None
+    for name in os.listdir(save_path):
+        if name.endswith(".l2l"):
+            try:
+                metadata = networks.load(os.path.join(save_path, name)).metadata
+            except networks.WeightsFileError:
+                continue
+            if metadata.get("run_id") == run_id and "evaluation" in metadata:
+                best = metadata["evaluation"] if best is None else max(best,
+                                                                        metadata["evaluation"])
+    return best
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a request to stop after the current epoch; a second one aborts."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv):
+    num_unrolls = _check_flags(argv)
+    run_id, resuming = _open_run(FLAGS.save_path) if FLAGS.save_path else (None, False)
 
     tf.random.set_seed(FLAGS.seed)  # The networks' initial weights.
     config = util.get_config(FLAGS.problem, "train", FLAGS.data_dir)
@@ -79,34 +172,126 @@ def main(argv):
                                      net_assignments=eval_config.net_assignments,
                                      state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode)
 
-    best_evaluation = float("inf")
-    total_time = total_cost = 0.0
-    period_results = []
-    evaluations = 0
-    for e in range(FLAGS.num_epochs):
-        epoch = util.run_epoch(minimize, num_unrolls, util.epoch_seed(FLAGS.seed, util.TRAIN, e))
-        total_time += epoch.time
-        total_cost += epoch.final_loss
-        period_results.extend(epoch.results)
-        if (e + 1) % FLAGS.log_period == 0:
-            util.print_stats(f"Epoch {e + 1}", total_cost, total_time, FLAGS.log_period)
-            util.print_lambda_stats(util.lambda_stats(period_results))
-            total_time = total_cost = 0.0
-            period_results = []
-        if (e + 1) % FLAGS.evaluation_period == 0:
-            eval_cost = eval_time = 0.0
-            for _ in range(FLAGS.evaluation_epochs):
-                seed = util.epoch_seed(FLAGS.seed, util.VALIDATION, evaluations)
-                evaluations += 1
-                result = util.run_epoch(evaluation, FLAGS.num_steps // eval_length, seed)
-                eval_time += result.time
-                eval_cost += result.final_loss
-            util.print_stats("EVALUATION", eval_cost, eval_time, FLAGS.evaluation_epochs)
-            if FLAGS.save_path is not None and eval_cost < best_evaluation:
-                print(f"Saving meta-optimizer to {FLAGS.save_path}")
-                optimizer.save(FLAGS.save_path)
-                best_evaluation = eval_cost
-    return 0 if np.isfinite(total_cost) else 1
+    # Everything a resumed run needs; the data's random state is the epoch counter itself, as
+    # every epoch's seed derives from (--seed, epoch).
+    state = {"epoch": tf.Variable(0, dtype=tf.int64), "evaluations": tf.Variable(0, tf.int64),
+             "best_evaluation": tf.Variable(float("inf"), dtype=tf.float64),
+             "nonfinite_epochs": tf.Variable(0, tf.int64)}
+    manager = None
+    if FLAGS.save_path:
+        checkpoint = tf.train.Checkpoint(optimizer=optimizer, meta_adam=minimize.optimizer,
+                                         **state)
+        manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(FLAGS.save_path, CHECKPOINTS), max_to_keep=2)
+        if resuming and manager.latest_checkpoint:
+            # Adam's slots are restored when first created, in the first compiled step.
+            checkpoint.restore(manager.latest_checkpoint).expect_partial()
+            saved = _saved_evaluation(FLAGS.save_path, run_id)
+            if saved is not None and saved < state["best_evaluation"].numpy():
+                state["best_evaluation"].assign(saved)
+            print(f"Resuming from epoch {int(state['epoch'])} of {FLAGS.num_epochs} "
+                  f"({manager.latest_checkpoint}).")
+            if int(state["epoch"]) >= FLAGS.num_epochs:
+                print("The run is complete; raise --num_epochs to train it further.")
+                return 0
+    writer = tf.summary.create_file_writer(FLAGS.logdir) if FLAGS.logdir else None
+
+    stop = _StopRequest()
+    progress = util.Progress(FLAGS.num_epochs, int(state["epoch"]))
+    period_epochs, consecutive_nonfinite = [], 0
+    try:
+        for e in range(int(state["epoch"]), FLAGS.num_epochs):
+            epoch = util.run_epoch(minimize, num_unrolls,
+                                   util.epoch_seed(FLAGS.seed, util.TRAIN, e))
+            state["epoch"].assign(e + 1)
+            if epoch.finite:
+                consecutive_nonfinite = 0
+                period_epochs.append(epoch)
+                progress.update(e + 1, epoch.meta_loss)
+                _summaries(writer, e + 1, {"train/final_loss": epoch.final_loss,
+                                           "train/meta_loss": epoch.meta_loss,
+                                           "train/epoch_time": epoch.time})
+            else:
+                consecutive_nonfinite += 1
+                state["nonfinite_epochs"].assign_add(1)
+                progress.clear()
+                print(f"Non-finite meta-loss or meta-gradient at epoch {e + 1} "
+                      f"({consecutive_nonfinite} in a row, {int(state['nonfinite_epochs'])} in "
+                      f"all): update skipped, optimizee reset.")
+                if consecutive_nonfinite >= FLAGS.max_nonfinite:
+                    kept = (f" The last good checkpoint ({manager.latest_checkpoint}) and the "
+                            f"best optimizer in {FLAGS.save_path} are intact."
+                            if manager and manager.latest_checkpoint else "")
+                    print(f"Stopped: {consecutive_nonfinite} consecutive epochs with a "
+                          f"non-finite meta-loss.{kept} Try a lower --learning_rate.")
+                    return 1
+            if (e + 1) % FLAGS.log_period == 0:
+                progress.clear()
+                _log(e + 1, period_epochs, writer)
+                period_epochs = []
+            if (e + 1) % FLAGS.evaluation_period == 0:
+                progress.clear()
+                _evaluate(evaluation, optimizer, state, e + 1, run_id, manager, writer)
+            if manager and ((e + 1) % FLAGS.checkpoint_period == 0 or stop.signal):
+                manager.save()
+            if stop.signal:
+                progress.clear()
+                print(f"Stopped by {stop.signal} after epoch {e + 1}; checkpoint written to "
+                      f"{manager.latest_checkpoint if manager else '(none: no --save_path)'}. "
+                      f"Run the same command again to resume.")
+                return EXIT_SIGNAL[stop.signal]
+        if manager:
+            manager.save()
+        progress.clear()
+        return 0
+    except KeyboardInterrupt:
+        progress.clear()
+        print(f"Aborted; the last checkpoint "
+              f"({manager.latest_checkpoint if manager else 'none'}) is intact.")
+        return EXIT_SIGNAL["SIGINT"]
+    finally:
+        stop.restore()
+
+
+def _summaries(writer, step, scalars):
+    if writer is not None:
+        with writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+
+
+def _log(epoch, period_epochs, writer):
+    """The original's stats lines over the finite epochs of a log period, and lambda's."""
+    if not period_epochs:
+        print(f"Epoch {epoch}\nNo finite epoch in this log period.")
+        return
+    util.print_stats(f"Epoch {epoch}", sum(e.final_loss for e in period_epochs),
+                     sum(e.time for e in period_epochs), len(period_epochs))
+    stats = util.lambda_stats([r for e in period_epochs for r in e.results])
+    util.print_lambda_stats(stats)
+    for key, (mean, low, high) in stats.items():
+        _summaries(writer, epoch, {f"lambda/{key}/mean": mean, f"lambda/{key}/min": low,
+                                   f"lambda/{key}/max": high})
+
+
+def _evaluate(evaluation, optimizer, state, epoch, run_id, manager, writer):
+    """Held-out epochs; saves the optimizer (then a checkpoint) when it beats the best so far."""
+    results = []
+    for _ in range(FLAGS.evaluation_epochs):
+        seed = util.epoch_seed(FLAGS.seed, util.VALIDATION, int(state["evaluations"]))
+        state["evaluations"].assign_add(1)
+        results.append(util.run_epoch(evaluation, FLAGS.num_steps // evaluation.unroll_length,
+                                      seed))
+    eval_cost = sum(r.final_loss for r in results)
+    util.print_stats("EVALUATION", eval_cost, sum(r.time for r in results), len(results))
+    util.report_divergence(results, "evaluation epochs")
+    mean = eval_cost / len(results)
+    _summaries(writer, epoch, {"evaluation/final_loss": mean})
+    if FLAGS.save_path is not None and mean < state["best_evaluation"].numpy():
+        print(f"Saving meta-optimizer to {FLAGS.save_path}")
+        optimizer.save(FLAGS.save_path, {"run_id": run_id, "epoch": epoch, "evaluation": mean})
+        state["best_evaluation"].assign(mean)
+        manager.save()  # At once, so that a resumed run knows this best.
 
 
 if __name__ == "__main__":

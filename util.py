@@ -18,11 +18,12 @@ def _import_tensorflow_quietly():
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        import tensorflow  # pylint: disable=import-outside-toplevel
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    tensorflow.get_logger().setLevel("WARNING")  # Not a line per checkpoint shard.
 
 
 _import_tensorflow_quietly()  # Before `problems`, which imports TensorFlow.
@@ -45,15 +46,15 @@ def _lstm(**options):
 _PREPROCESSED = dict(preprocess_name="LogAndSign", preprocess_options={"k": 5}, scale=0.01)
 
 
-def _simple(split, data_dir):
-    del split, data_dir
+def _simple(split, data_dir, loader):
+    del split, data_dir, loader
     return Config(problems.simple(),
                   {"cw": {"net": "CoordinateWiseDeepLSTM",
                           "net_options": {"layers": (), "initializer": "zeros"}}}, None)
 
 
-def _simple_multi(split, data_dir):
-    del split, data_dir
+def _simple_multi(split, data_dir, loader):
+    del split, data_dir, loader
     return Config(problems.simple_multi_optimizer(),
                   {"cw": {"net": "CoordinateWiseDeepLSTM",
                           "net_options": {"layers": (), "initializer": "zeros"}},
@@ -61,33 +62,33 @@ def _simple_multi(split, data_dir):
                   [("cw", ["x_0"]), ("adam", ["x_1"])])
 
 
-def _quadratic(split, data_dir):
-    del split, data_dir
+def _quadratic(split, data_dir, loader):
+    del split, data_dir, loader
     return Config(problems.quadratic(batch_size=128, num_dims=10), {"cw": _lstm()}, None)
 
 
 def _mlp(dataset, **options):
-    def config(split, data_dir):
-        problem = problems.mlp(dataset, split=split, data_dir=data_dir, **options)
+    def config(split, data_dir, loader):
+        problem = problems.mlp(dataset, split=split, data_dir=data_dir, loader=loader, **options)
         return Config(problem, {"cw": _lstm(**_PREPROCESSED)}, None)
     return config
 
 
-def _cifar(split, data_dir):
-    return Config(problems.cifar10(split=split, data_dir=data_dir),
+def _cifar(split, data_dir, loader):
+    return Config(problems.cifar10(split=split, data_dir=data_dir, loader=loader),
                   {"cw": _lstm(**_PREPROCESSED)}, None)
 
 
-def _cifar_multi(split, data_dir):
+def _cifar_multi(split, data_dir, loader):
     """The original's split: one LSTM for the conv kernels, another for everything else."""
-    problem = problems.cifar10(split=split, data_dir=data_dir)
+    problem = problems.cifar10(split=split, data_dir=data_dir, loader=loader)
     conv = [name for name in problem.names if "/conv_2d_" in name and name.endswith("/w")]
     fc = [name for name in problem.names if name not in conv]
     return Config(problem, {"conv": _lstm(**_PREPROCESSED), "fc": _lstm(**_PREPROCESSED)},
                   [("conv", conv), ("fc", fc)])
 
 
-CONFIGS: Dict[str, Callable[[str, Optional[str]], Config]] = {
+CONFIGS: Dict[str, Callable[[str, Optional[str], Optional[Callable]], Config]] = {
     "simple": _simple,
     "simple-multi": _simple_multi,
     "quadratic": _quadratic,
@@ -107,7 +108,7 @@ CONFIGS: Dict[str, Callable[[str, Optional[str]], Config]] = {
 SPLITS = ("train", "validation", "test")
 
 
-def get_config(problem_name, split="train", data_dir=None):
+def get_config(problem_name, split="train", data_dir=None, loader=None):
     """The problem and network configuration called `problem_name`.
 
     Args:
@@ -115,12 +116,14 @@ def get_config(problem_name, split="train", data_dir=None):
       split: the data a problem with data draws from: "train" for meta-training, "validation"
         for choosing the best optimizer, "test" for evaluation. Analytic problems ignore it.
       data_dir: where to look for dataset files first (see `datasets.load`).
+      loader: `split -> (x, y)` arrays to use instead of the dataset's files (e.g. synthetic
+        data of the same shapes, for benchmarks).
     """
     if problem_name not in CONFIGS:
         raise ValueError(f"Unknown problem {problem_name!r}; expected one of {sorted(CONFIGS)}.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    return CONFIGS[problem_name](split, data_dir)
+    return CONFIGS[problem_name](split, data_dir, loader)
 
 
 # Seed streams: epochs of meta-training, of evaluation during training, and of evaluate.py never
@@ -137,27 +140,53 @@ def epoch_seed(seed, stream, index):
 class EpochResult(NamedTuple):
     time: float  # Wall seconds.
     final_loss: float  # The optimizee's loss at the last iterate.
-    history: np.ndarray  # [num_steps]: the loss after each optimizee step.
-    results: List  # The `UnrollResult` of every unroll.
+    history: np.ndarray  # [steps run]: the loss after each optimizee step.
+    results: List  # The `UnrollResult` of every unroll run.
+    finite: bool  # Every meta-update was finite (so applied); else the epoch stopped there.
+
+    @property
+    def meta_loss(self):
+        """Mean meta-loss of the epoch's unrolls."""
+        return float(np.mean([r.meta_loss.numpy() for r in self.results]))
 
 
 def run_epoch(unroll, num_unrolls, seed):
-    """One epoch: `reset(seed)` then `num_unrolls` unrolls; synchronised before the clock stops."""
+    """One epoch: `reset(seed)` then `num_unrolls` unrolls; synchronised before the clock stops.
+
+    An unroll whose meta-update was skipped as non-finite ends the epoch early (`finite` False):
+    its optimizee has left the region where the networks make sense, so the next epoch resets it.
+    """
     start = time.perf_counter()
     unroll.reset(seed)
-    results = [unroll() for _ in range(num_unrolls)]
-    losses = [r.losses.numpy() for r in results]
+    results, losses = [], []
+    for _ in range(num_unrolls):
+        results.append(unroll())
+        losses.append(results[-1].losses.numpy())
+        if not results[-1].applied.numpy():
+            break
     elapsed = time.perf_counter() - start
     # losses[k][0] is the loss at the iterate the previous unroll ended on: count it once.
     history = np.concatenate([l[1:] for l in losses])
-    return EpochResult(elapsed, float(losses[-1][-1]), history, results)
+    finite = bool(results[-1].applied.numpy()) and bool(np.all(np.isfinite(history)))
+    return EpochResult(elapsed, float(losses[-1][-1]), history, results, finite)
 
 
 def print_stats(header, total_error, total_time, n):
-    """Prints the original's statistics lines."""
+    """Prints the original's statistics lines (`inf`/`nan` for a diverged optimizee)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_error = np.log10(total_error / n) if n else float("nan")
     print(header)
-    print(f"Log Mean Final Error: {np.log10(total_error / n):.2f}")
-    print(f"Mean epoch time: {total_time / n:.2f} s")
+    print(f"Log Mean Final Error: {log_error:.2f}")
+    print(f"Mean epoch time: {total_time / max(n, 1):.2f} s")
+
+
+def report_divergence(epochs, what="epochs"):
+    """Says how many epochs ended with a non-finite loss, if any."""
+    diverged = sum(not e.finite for e in epochs)
+    if diverged:
+        print(f"Diverged: {diverged} of {len(epochs)} {what} ended with a non-finite loss "
+              f"(the optimizee blew up; this is a result, not a crash).")
+    return diverged
 
 
 def eval_unroll_length(num_steps, longest=100):
@@ -320,6 +349,9 @@ def cli(main):
     Set L2L_DEBUG=1 for the full traceback.
     """
     def wrapped(argv):
+        from absl import flags, logging  # pylint: disable=import-outside-toplevel
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # Library INFO lines (checkpoints) are noise.
         try:
             return main(argv)
         except (ValueError, OSError) as e:
@@ -327,3 +359,40 @@ def cli(main):
                 raise
             sys.exit(f"{os.path.basename(sys.argv[0])}: error: {e}")
     return wrapped
+
+
+class Progress:
+    """A one-line progress display on stderr (epoch, speed, ETA, last meta-loss).
+
+    It stays quiet when stderr is not a terminal, so logs and pipes get only the stats lines.
+    """
+
+    def __init__(self, total, first=0, stream=None, min_interval=0.5):
+        self._stream = stream or sys.stderr
+        self._active = self._stream.isatty()
+        self._total, self._first = total, first
+        self._start = self._last_draw = time.monotonic()
+        self._min_interval = min_interval
+        self._width = 0
+
+    def update(self, epoch, meta_loss):
+        """`epoch` epochs are done; the last one's meta-loss was `meta_loss`."""
+        now = time.monotonic()
+        if not self._active or now - self._last_draw < self._min_interval:
+            return
+        self._last_draw = now
+        rate = (epoch - self._first) / max(now - self._start, 1e-9)
+        eta = (self._total - epoch) / rate if rate > 0 else float("inf")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
+        line = (f"epoch {epoch}/{self._total} | {rate:.2f} epochs/s | ETA {eta_text} | "
+                f"meta-loss {meta_loss:.4g}")
+        self._stream.write("\r" + line.ljust(self._width))
+        self._stream.flush()
+        self._width = len(line)
+
+    def clear(self):
+        """Erases the line, before other output."""
+        if self._active and self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0

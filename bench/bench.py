@@ -1,0 +1,255 @@
+"""Times meta-training and evaluation of the learned optimizer; the last line printed is JSON.
+
+    python bench/bench.py                         # MNIST, the paper's configuration
+    python bench/bench.py --sweep                 # growth with coordinates and unroll length
+    python bench/bench.py --compare_modes         # eager, graph and xla on this machine
+    python bench/bench.py --quick                 # a smoke run of a few seconds
+
+See bench/README.md for the fields and how to read them.
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # The repository root.
+
+import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import datasets
+import meta
+import problems
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("problem", "mnist", sorted(util.CONFIGS), "Problem (a util.get_config name).")
+flags.DEFINE_integer("hidden", 20, "Hidden units of the MNIST MLP (--problem=mnist only).",
+                     lower_bound=1)
+flags.DEFINE_integer("unroll_length", 20, "Optimizee steps per meta-iteration.", lower_bound=1)
+flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch.", lower_bound=1)
+flags.DEFINE_enum("mode", None, meta.MODES, "Compilation mode; default meta.default_mode().")
+flags.DEFINE_integer("iterations", 50, "Timed meta-iterations (>= 20 unless --quick).",
+                     lower_bound=1)
+flags.DEFINE_integer("eval_epochs", 10, "Timed evaluation epochs.", lower_bound=1)
+flags.DEFINE_string("data_dir", None, "Folder with the MNIST files; else the normal search.")
+flags.DEFINE_boolean("synthetic", False, "Time random data of MNIST's shapes even when MNIST "
+                     "is found.")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads; 0: TF's default.",
+                     lower_bound=0)
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads; 0: TF's default.",
+                     lower_bound=0)
+flags.DEFINE_boolean("quick", False, "Smoke run: unroll 4, 8 steps, 3 iterations, 1 eval epoch "
+                     "(flags given explicitly win).")
+flags.DEFINE_boolean("sweep", False, "Run hidden H, 2H, 4H and unroll L/2, L, 2L, each in its own "
+                     "process, and print a table.")
+flags.DEFINE_boolean("compare_modes", False, "Run every compilation mode, each in its own "
+                     "process, and print a table.")
+
+QUICK = {"unroll_length": 4, "num_steps": 8, "iterations": 3, "eval_epochs": 1}
+MNIST_TRAIN_SIZE, MNIST_TEST_SIZE = 60_000, 10_000  # The official files; validation is cut
+                                                    # from the end of train (datasets.load).
+
+
+def _setting(name):
+    """A flag's value, with --quick's default when the flag was not given."""
+    if FLAGS.quick and name in QUICK and not FLAGS[name].present:
+        return QUICK[name]
+    return FLAGS[name].value
+
+
+def _synthetic_mnist(split):
+    """Random uint8 images and int32 labels of MNIST's shapes and split sizes."""
+    validation = datasets.VALIDATION_SIZES["mnist"]
+    size = {"train": MNIST_TRAIN_SIZE - validation, "validation": validation,
+            "test": MNIST_TEST_SIZE}[split]
+    rng = np.random.default_rng(0)  # Timing does not depend on the pixel values.
+    return (rng.integers(0, 256, [size, 28, 28, 1], dtype=np.uint8),
+            rng.integers(0, 10, [size], dtype=np.int32))
+
+
+def _mnist_loader():
+    """(loader, data label): real MNIST from the normal search, else synthetic data."""
+    if not FLAGS.synthetic:
+        try:
+            datasets.load("mnist", "train", FLAGS.data_dir)
+            return (lambda split: datasets.load("mnist", split, FLAGS.data_dir)), "mnist"
+        except datasets.DatasetError as e:
+            print(f"bench.py: timing synthetic data of MNIST's shapes ({e})", file=sys.stderr)
+    return _synthetic_mnist, "synthetic"
+
+
+def _config(hidden):
+    """(util.Config, data label) of --problem; for mnist the MLP has `hidden` units."""
+    if FLAGS.problem != "mnist":
+        if FLAGS["hidden"].present:
+            raise ValueError(f"--hidden applies to --problem=mnist only, not {FLAGS.problem}.")
+        config = util.get_config(FLAGS.problem, "train", FLAGS.data_dir)
+        return config, "none" if config.problem.sample_validation is None else "real"
+    loader, data = _mnist_loader()
+    config = util.get_config("mnist", "train", loader=loader)
+    problem = problems.mlp("mnist", layers=(hidden,), split="train", loader=loader)
+    return config._replace(problem=problem), data
+
+
+def _device():
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory so far (ru_maxrss: kB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def _cpu_count():
+    """The cores this process may run on (a container's share, where the OS tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _meta_iteration_times(minimize, num_unrolls, count):
+    """Wall seconds of `count` meta-iterations; every `num_unrolls`-th starts an epoch."""
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        if i % num_unrolls == 0:
+            minimize.reset(util.epoch_seed(0, util.TRAIN, i // num_unrolls))
+        result = minimize()
+        for tensor in tf.nest.flatten(result):
+            tensor.numpy()  # Wait for the unroll, its meta-gradient and the Adam step.
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def benchmark():
+    """One configuration in this process; returns the JSON fields."""
+    unroll_length, num_steps = _setting("unroll_length"), _setting("num_steps")
+    iterations, eval_epochs = _setting("iterations"), _setting("eval_epochs")
+    num_unrolls = meta.num_unrolls(num_steps, unroll_length)
+    # Before any op runs: TensorFlow fixes its thread pools when its runtime starts.
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
+
+    tf.random.set_seed(0)  # The networks' initial weights.
+    config, data = _config(FLAGS.hidden)
+    optimizer = meta.MetaOptimizer(**config.net_config)
+    minimize = optimizer.meta_minimize(config.problem, unroll_length, learning_rate=0.001,
+                                       net_assignments=config.net_assignments, mode=FLAGS.mode)
+    eval_length = util.eval_unroll_length(num_steps)
+    evaluation = optimizer.meta_loss(config.problem, eval_length,
+                                     net_assignments=config.net_assignments, mode=FLAGS.mode)
+
+    # The first epoch is compilation (its first iteration) and warm-up; timing starts on an
+    # epoch boundary so that one timed iteration in num_unrolls includes the reset, as training.
+    times = _meta_iteration_times(minimize, num_unrolls, num_unrolls + iterations)
+    train_rss = _peak_rss_mb()
+    eval_times = [util.run_epoch(evaluation, num_steps // eval_length,
+                                 util.epoch_seed(0, util.TEST, e)).time
+                  for e in range(1 + eval_epochs)]
+
+    s_per_meta_iteration = statistics.median(times[num_unrolls:])
+    num_coordinates = sum(p.shape.num_elements() for p in minimize.carry.params)
+    return {
+        "problem": FLAGS.problem,
+        "hidden": FLAGS.hidden if FLAGS.problem == "mnist" else None,
+        "device": _device(),
+        "mode": minimize.mode,
+        "data": data,
+        "s_per_meta_iteration": s_per_meta_iteration,
+        "s_per_eval_epoch": statistics.median(eval_times[1:]),
+        "compile_s": times[0],
+        "eval_compile_s": eval_times[0],
+        "peak_rss_mb": _peak_rss_mb(),
+        "train_peak_rss_mb": train_rss,
+        "s_per_coordinate": s_per_meta_iteration / num_coordinates,
+        "s_per_unroll_step": s_per_meta_iteration / unroll_length,
+        "num_coordinates": num_coordinates,
+        "unroll_length": unroll_length,
+        "num_steps": num_steps,
+        "eval_unroll_length": eval_length,
+        "iterations": iterations,
+        "eval_epochs": eval_epochs,
+        "intra_op_threads": FLAGS.intra_op_threads,
+        "inter_op_threads": FLAGS.inter_op_threads,
+        "cpu_count": _cpu_count(),
+        "tensorflow": tf.__version__,
+    }
+
+
+def _run_child(**overrides):
+    """The JSON of this script run in a new process (peak RSS is per process)."""
+    settings = {name: _setting(name) for name in
+                ("problem", "hidden", "unroll_length", "num_steps", "iterations", "eval_epochs",
+                 "intra_op_threads", "inter_op_threads", "mode", "data_dir")}
+    settings.update(overrides)
+    args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
+    args += ["--synthetic"] * FLAGS.synthetic + ["--quick"] * FLAGS.quick
+    print(f"running {' '.join(args)}", file=sys.stderr, flush=True)
+    child = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+    if child.returncode:
+        raise SystemExit(f"bench.py: {' '.join(args)} failed with exit status {child.returncode}"
+                         " (its stderr is above).")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def _print_table(rows):
+    print(f"{'mode':>5} {'hidden':>6} {'unroll':>6} {'coords':>7} {'s/iter':>8} "
+          f"{'us/coord':>8} {'ms/step':>8} {'compile_s':>9} {'eval_s':>7} {'train_mb':>8} "
+          f"{'peak_mb':>7}")
+    for r in rows:
+        print(f"{r['mode']:>5} {str(r['hidden']):>6} {r['unroll_length']:>6} "
+              f"{r['num_coordinates']:>7} {r['s_per_meta_iteration']:>8.4f} "
+              f"{1e6 * r['s_per_coordinate']:>8.3f} {1e3 * r['s_per_unroll_step']:>8.2f} "
+              f"{r['compile_s']:>9.2f} {r['s_per_eval_epoch']:>7.3f} "
+              f"{r['train_peak_rss_mb']:>8.0f} {r['peak_rss_mb']:>7.0f}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
+    if _setting("iterations") < 20 and not FLAGS.quick:
+        raise ValueError(f"--iterations must be >= 20 for a meaningful median, got "
+                         f"{FLAGS.iterations}; --quick allows fewer.")
+    if FLAGS.sweep and FLAGS.compare_modes:
+        raise ValueError("--sweep and --compare_modes each run several processes; pick one.")
+    if FLAGS.sweep and FLAGS.problem != "mnist":
+        raise ValueError(f"--sweep varies --hidden, which applies to --problem=mnist only, "
+                         f"not {FLAGS.problem}.")
+    if not (FLAGS.sweep or FLAGS.compare_modes):
+        result = benchmark()
+        print(f"{result['problem']} on {result['device']} ({result['mode']}, data: "
+              f"{result['data']}): {result['s_per_meta_iteration']:.4f} s/meta-iteration, "
+              f"{result['s_per_eval_epoch']:.4f} s/eval epoch, compile {result['compile_s']:.1f}"
+              f" s + {result['eval_compile_s']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB")
+        print(json.dumps(result))
+        return
+
+    hidden, length = FLAGS.hidden, _setting("unroll_length")
+    if FLAGS.sweep:
+        num_steps = _setting("num_steps")
+        configs = [(hidden, length), (2 * hidden, length), (4 * hidden, length),
+                   (hidden, max(1, length // 2)), (hidden, 2 * length)]
+        # Each row's epoch is --num_steps rounded up to a multiple of its unroll length.
+        rows = [_run_child(hidden=h, unroll_length=l, num_steps=-(-num_steps // l) * l)
+                for h, l in configs]
+    else:
+        rows = [_run_child(mode=mode) for mode in meta.MODES]
+    _print_table(rows)
+    base = rows[0] if FLAGS.sweep else next(r for r in rows if r["mode"] == meta.default_mode())
+    print(json.dumps({**base, "sweep" if FLAGS.sweep else "modes": rows}))
+
+
+if __name__ == "__main__":
+    app.run(util.cli(main))
