@@ -635,7 +635,10 @@ def factory(net, net_options=(), net_path=None):
         raise ValueError(f"Unknown network {net!r}; expected one of {sorted(NETWORKS)}.")
     net_options = dict(net_options)
     if net_path is None:
-        return NETWORKS[net](**net_options)
+        try:
+            return NETWORKS[net](**net_options)
+        except TypeError as e:  # An option the class does not take.
+            raise ValueError(f"Bad options for {net}: {e}.") from None
     saved = load(net_path)
     _check_fit(net_path, saved, net, net_options)
     options = dict(saved.net_options, **net_options)

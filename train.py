@@ -49,6 +49,8 @@ flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer netwo
                      "that many steps; 0: only at the start of each epoch (DeepMind's original). "
                      "The TF1-era fork's weights were trained with the unroll length (20).",
                      lower_bound=0)
+flags.DEFINE_string("net_options", None, "JSON options merged into every learned network's "
+                    "config, e.g. '{\"scale\": 0.1, \"preprocess_options\": {\"k\": 10}}'.")
 flags.DEFINE_integer("checkpoint_period", 100, "Epochs between checkpoints in save_path.",
                      lower_bound=1)
 flags.DEFINE_boolean("restart", False, "Start over in a save_path that holds a run, instead of "
@@ -66,7 +68,7 @@ CHECKPOINTS = "checkpoints"
 # The flags that define the computation: a run resumes only with the same values.
 RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
              "seed", "which_aml", "fixed_lambda", "lambda_mode", "lambda_max", "meta_objective",
-             "state_reset_period")
+             "state_reset_period", "net_options")
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -159,6 +161,8 @@ def main(argv):
     config = util.get_config(FLAGS.problem, "train", FLAGS.data_dir)
     net_config = util.with_optimizer_kind(config.net_config, FLAGS.which_aml, FLAGS.fixed_lambda,
                                           FLAGS.lambda_mode, FLAGS.lambda_max)
+    if FLAGS.net_options:
+        net_config = util.with_net_options(net_config, FLAGS.net_options)
     optimizer = meta.MetaOptimizer(**net_config)
     minimize = optimizer.meta_minimize(
         config.problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,

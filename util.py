@@ -227,6 +227,19 @@ def with_optimizer_kind(net_config, kind, fixed_lambda=0.01, lambda_mode="per_co
     return result
 
 
+def with_net_options(net_config, options_json):
+    """`net_config` with JSON `options_json` merged into every learned network's options."""
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+        options = json.loads(options_json)
+    except ValueError as e:
+        raise ValueError(f"--net_options is not valid JSON ({e}): {options_json!r}.") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--net_options must be a JSON object, got {options_json!r}.")
+    return {key: dict(config, net_options={**config.get("net_options", {}), **options})
+            if config["net"] in _LSTM_NETS else config for key, config in net_config.items()}
+
+
 def lambda_stats(results):
     """`{net: (mean, min, max)}` of lambda over unroll results, for the lambda networks."""
     per_net = {}
