@@ -14,6 +14,7 @@ with no Python between optimizee steps.
 import os
 from typing import Any, Dict, List, NamedTuple
 
+import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
@@ -30,9 +31,15 @@ MODES = ("eager", "graph", "xla")
 META_OBJECTIVES = ("train", "validation")
 
 
-def default_mode():
-    """The fastest compilation mode measured for this machine's device (see bench/README.md)."""
-    return "xla" if tf.config.list_physical_devices("GPU") else "graph"
+def default_mode(training=True):
+    """The fastest compilation mode measured for the device (see bench/README.md).
+
+    XLA on a GPU. On a CPU, the plain graph for meta-training (XLA's backward pass is slower
+    there) and XLA for unrolls without a meta-gradient (it fuses the LSTM's elementwise gates).
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return "xla"
+    return "graph" if training else "xla"
 
 
 class Carry(NamedTuple):
@@ -197,7 +204,7 @@ class Unroll:
           meta_objective: "train" sums the losses the optimizee steps on; "validation" sums the
             losses on held-out batches at the same iterates.
           mode: "eager", "graph" (tf.function) or "xla" (tf.function with jit_compile); None
-            picks `default_mode()`.
+            picks `default_mode()` for meta-training or evaluation.
           batch_coordinates: feed all coordinates of a coordinatewise network's parameters
             through one call (same numbers, faster) instead of one call per parameter.
         """
@@ -211,7 +218,7 @@ class Unroll:
         if meta_objective == "validation" and problem.sample_validation is None:
             raise ValueError("meta_objective 'validation' needs a problem with held-out data; "
                              "this problem has none (use meta_objective 'train').")
-        mode = mode or default_mode()
+        mode = mode or default_mode(training=learning_rate is not None)
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
         self.problem = problem
@@ -280,15 +287,12 @@ class Unroll:
             grads = [tf.stop_gradient(g) for g in grads]
         return loss, grads
 
-    def _reset_states(self, states, params, step, position):
+    def _reset_states(self, states, params, step):
         """Zero states where `step` is a multiple of the reset period (a no-op at step 0)."""
         period = self._state_reset_period
         if not period:
             return states
         zeros = self._initial_states(params)
-        if self.unroll_length % period == 0:
-            # Every unroll starts on a multiple of its length, so the reset points are static.
-            return zeros if position % period == 0 else states
         due = tf.equal(step % period, 0)
         return tf.nest.map_structure(lambda z, s: tf.where(due, z, s), zeros, states)
 
@@ -317,26 +321,41 @@ class Unroll:
         return params, next_states, lambdas
 
     def _unroll(self, carry):
-        """Runs `unroll_length` optimizee steps; returns `(meta_loss, losses, lambdas, carry)`."""
-        params, states = list(carry.params), list(carry.states)
-        losses, objective, lambda_steps = [], [], {}
-        for position in range(self.unroll_length):  # Static: unrolled at trace time.
+        """Runs `unroll_length` optimizee steps; returns `(meta_loss, losses, lambdas, carry)`.
+
+        A `tf.while_loop` over one traced step: tracing and compilation cost the same for any
+        unroll length, and backpropagation through it keeps each step's values for the backward
+        pass as a static unroll would.
+        """
+        length = self.unroll_length
+        lambda_keys = [g.key for g in self._groups if g.net.has_lambda]
+        dtype = carry.params[0].dtype if carry.params else tf.float32
+
+        def body(position, params, states, losses, objective, lambda_acc):
             step = carry.step + position
             loss, grads = self._loss_and_gradients(params, self.problem.sample(carry.seed, step))
-            losses.append(loss)
-            objective.append(self._held_out_loss(params, carry.seed, step) if self._validation
-                             else loss)
-            states = self._reset_states(states, params, step, position)
+            losses = losses.write(position, loss)
+            objective += (self._held_out_loss(params, carry.seed, step) if self._validation
+                          else loss)
+            states = self._reset_states(states, params, step)
             params, states, lambdas = self._apply_networks(params, grads, states)
-            for key, stats in lambdas.items():
-                lambda_steps.setdefault(key, []).append(stats)
-        step = carry.step + self.unroll_length
-        losses.append(self.problem.loss(params, self.problem.sample(carry.seed, step)))
-        objective.append(self._held_out_loss(params, carry.seed, step) if self._validation
-                         else losses[-1])
-        lambdas = {key: _combine_lambda_stats(tf.stack(stats))
-                   for key, stats in lambda_steps.items()}
-        return (tf.add_n(objective), tf.stack(losses), lambdas,
+            lambda_acc = {key: tf.stack([acc[0] + lambdas[key][0],
+                                         tf.minimum(acc[1], lambdas[key][1]),
+                                         tf.maximum(acc[2], lambdas[key][2])])
+                          for key, acc in lambda_acc.items()}
+            return position + 1, params, states, losses, objective, lambda_acc
+
+        loop_vars = (tf.constant(0), list(carry.params), list(carry.states),
+                     tf.TensorArray(dtype, size=length + 1), tf.zeros([], dtype),
+                     {key: tf.constant([0.0, np.inf, -np.inf], dtype) for key in lambda_keys})
+        _, params, states, losses, objective, lambda_acc = tf.while_loop(
+            lambda position, *_: position < length, body, loop_vars, maximum_iterations=length)
+        step = carry.step + length
+        final = self.problem.loss(params, self.problem.sample(carry.seed, step))
+        objective += self._held_out_loss(params, carry.seed, step) if self._validation else final
+        lambdas = {key: tf.stack([acc[0] / length, acc[1], acc[2]])
+                   for key, acc in lambda_acc.items()}
+        return (objective, losses.write(length, final).stack(), lambdas,
                 Carry(params, states, step, carry.seed))
 
     def _held_out_loss(self, params, seed, step):
@@ -394,7 +413,7 @@ class BaselineUnroll:
     def __init__(self, problem, optimizer_name, learning_rate, unroll_length, mode=None):
         if int(unroll_length) < 1:
             raise ValueError(f"unroll_length must be >= 1, got {unroll_length}.")
-        mode = mode or default_mode()
+        mode = mode or default_mode(training=False)
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
         self.problem = problem
@@ -441,12 +460,6 @@ class BaselineUnroll:
         step = first_step + self.unroll_length
         losses.append(self.problem.loss(self._params, self.problem.sample(seed, step)))
         return UnrollResult(tf.add_n(losses), tf.stack(losses), {}, tf.constant(True))
-
-
-def _combine_lambda_stats(per_step):
-    """[steps, (mean, min, max)] -> (mean, min, max) over the whole unroll."""
-    return tf.stack([tf.reduce_mean(per_step[:, 0]), tf.reduce_min(per_step[:, 1]),
-                     tf.reduce_max(per_step[:, 2])])
 
 
 def num_unrolls(num_steps, unroll_length):

@@ -154,6 +154,8 @@ class Network(snt.Module):
     # True when the network treats every coordinate alike with shared weights, so that the
     # meta-optimizer may feed all coordinates of all its variables through one call.
     coordinatewise = False
+    # True when `update` reports the lambda it used (the lambda networks).
+    has_lambda = False
 
     def __init__(self, options, name):
         super().__init__(name=name)
@@ -297,7 +299,11 @@ class StandardDeepLSTM(Network):
 class CoordinateWiseDeepLSTM(StandardDeepLSTM):
     """The L2L optimizer: one small LSTM shared by every coordinate of a tensor of any shape.
 
-    Each scalar coordinate is one batch row; the output has the parameter's shape.
+    The same network as `StandardDeepLSTM` with one scalar input per coordinate and one output,
+    computed with coordinates as columns: states are `[hidden, coordinates]`, and each layer is
+    one matrix product `w^T [x; h]` (the Sonnet LSTM's input and hidden weights together) and
+    elementwise gates over contiguous rows. On a CPU this is faster than a batch row per
+    coordinate, with the same numbers; `_hidden`, Sonnet's own row-wise call, is the reference.
     """
 
     coordinatewise = True
@@ -309,15 +315,36 @@ class CoordinateWiseDeepLSTM(StandardDeepLSTM):
         del self._options["output_size"]
 
     def initial_state_for_inputs(self, inputs):
-        return self._zero_state(inputs.shape.num_elements())
+        coordinates = inputs.shape.num_elements()
+        return tuple(snt.LSTMState(hidden=tf.zeros([size, coordinates], self._dtype),
+                                   cell=tf.zeros([size, coordinates], self._dtype))
+                     for size in self.layers)
 
-    def _coordinate_rows(self, inputs):
-        return tf.reshape(inputs, [-1, 1])
+    def _columns(self, inputs, prev_state):
+        """The LSTMs over coordinates as columns: `inputs` of any shape -> `[last, coords]`."""
+        coordinates = inputs.shape.num_elements()
+        rows = tf.reshape(tf.cast(inputs, self._dtype), [coordinates, 1, 1])
+        output = tf.transpose(tf.reshape(self._preprocess(rows), [coordinates, self._features]))
+        next_state = []
+        for core, state in zip(self._cores, prev_state):
+            weights = tf.concat([core.input_to_hidden, core.hidden_to_hidden], axis=0)
+            gates = (tf.matmul(weights, tf.concat([output, state.hidden], axis=0),
+                               transpose_a=True) + core.b[:, tf.newaxis])
+            i, f, g, o = tf.split(gates, 4, axis=0)  # Sonnet 2's gate order.
+            cell = tf.sigmoid(f) * state.cell + tf.sigmoid(i) * tf.tanh(g)
+            output = tf.sigmoid(o) * tf.tanh(cell)
+            next_state.append(snt.LSTMState(hidden=output, cell=cell))
+        return output, tuple(next_state)
+
+    def _column_head(self, linear, hidden):
+        """A `Linear(1)` layer applied to every column of `hidden`: `[features, n] -> [n]`."""
+        return tf.reshape(tf.matmul(linear.w, hidden, transpose_a=True) + linear.b, [-1])
 
     def update(self, inputs, prev_state, param=None):
         del param
-        hidden, next_state = self._hidden(self._coordinate_rows(inputs), prev_state)
-        return Update(tf.reshape(self._delta(hidden), inputs.shape), next_state)
+        hidden, next_state = self._columns(inputs, prev_state)
+        step = self._column_head(self._linear, hidden) * self._scale
+        return Update(tf.reshape(step, inputs.shape), next_state)
 
 
 class KernelDeepLSTM(StandardDeepLSTM):
@@ -362,15 +389,20 @@ class _LambdaDeepLSTM(CoordinateWiseDeepLSTM):
     Subclasses differ only in where lambda comes from (`_lambda`).
     """
 
+    has_lambda = True
+
     def _lambda(self, hidden, param):
-        """Lambda for this step: a scalar or one value per coordinate, `[coordinates, 1]`."""
+        """Lambda for this step: a scalar or one value per coordinate, `[coordinates]`.
+
+        `hidden` is the last LSTM layer's output, `[hidden, coordinates]`.
+        """
         raise NotImplementedError
 
     def update(self, inputs, prev_state, param=None):
         if param is None:
             raise ValueError(f"{type(self).__name__} needs the parameter as well as the gradient.")
-        hidden, next_state = self._hidden(self._coordinate_rows(inputs), prev_state)
-        delta = tf.reshape(self._delta(hidden), inputs.shape)
+        hidden, next_state = self._columns(inputs, prev_state)
+        delta = tf.reshape(self._column_head(self._linear, hidden) * self._scale, inputs.shape)
         lam = self._lambda(hidden, param)
         per_coordinate = lam if lam.shape.rank == 0 else tf.reshape(lam, param.shape)
         return Update(delta + per_coordinate * param, next_state, lam)
@@ -427,7 +459,7 @@ class LearnedLambdaDeepLSTM(_LambdaDeepLSTM):
                 self._raw = tf.Variable(raw_init([], dtype), name="raw")
 
     def _lambda(self, hidden, param):
-        raw = self._raw if self._mode == "scalar" else self._head(hidden)
+        raw = self._raw if self._mode == "scalar" else self._column_head(self._head, hidden)
         return self._lambda_max * tf.tanh(raw)
 
     def weights(self):

@@ -61,7 +61,8 @@ flags.DEFINE_string("logdir", None, "Directory for TensorBoard summaries.")
 flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
                     "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
 flags.DEFINE_enum("mode", None, meta.MODES, "Compilation: eager, graph (tf.function) or xla; "
-                  "default: the fastest for the device (xla on GPU, graph on CPU).")
+                  "default: the fastest measured for the device (GPU: xla; CPU: graph to "
+                  "meta-train, xla to evaluate).")
 
 RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"

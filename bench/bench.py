@@ -37,7 +37,8 @@ flags.DEFINE_integer("hidden", 20, "Hidden units of the MNIST MLP (--problem=mni
                      lower_bound=1)
 flags.DEFINE_integer("unroll_length", 20, "Optimizee steps per meta-iteration.", lower_bound=1)
 flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch.", lower_bound=1)
-flags.DEFINE_enum("mode", None, meta.MODES, "Compilation mode; default meta.default_mode().")
+flags.DEFINE_enum("mode", None, meta.MODES, "Compilation mode of meta-training and evaluation; "
+                  "default meta.default_mode() of each.")
 flags.DEFINE_integer("iterations", 50, "Timed meta-iterations (>= 20 unless --quick).",
                      lower_bound=1)
 flags.DEFINE_integer("eval_epochs", 10, "Timed evaluation epochs.", lower_bound=1)
@@ -166,6 +167,7 @@ def benchmark():
         "hidden": FLAGS.hidden if FLAGS.problem == "mnist" else None,
         "device": _device(),
         "mode": minimize.mode,
+        "eval_mode": evaluation.mode,
         "data": data,
         "s_per_meta_iteration": s_per_meta_iteration,
         "s_per_eval_epoch": statistics.median(eval_times[1:]),

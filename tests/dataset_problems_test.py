@@ -194,7 +194,7 @@ def test_mnist_end_to_end_on_real_data(tmp_path):
                  "--log_period=1", "--evaluation_period=2", "--evaluation_epochs=1",
                  "--num_steps=20", "--unroll_length=10", f"--save_path={save_path}")
     assert train.returncode == 0, train.stderr
-    assert os.listdir(save_path) == ["cw.l2l"]
+    assert [f for f in os.listdir(save_path) if f.endswith(".l2l")] == ["cw.l2l"]
     evaluate = _cli("evaluate.py", "--problem=mnist", f"--data_dir={mnist_dir}",
                     f"--path={save_path}", "--num_epochs=2", "--num_steps=20")
     assert evaluate.returncode == 0, evaluate.stderr

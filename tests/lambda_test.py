@@ -157,7 +157,7 @@ class LambdaCliTest(tf.test.TestCase, parameterized.TestCase):
                      "--evaluation_period=2", "--evaluation_epochs=1", "--num_steps=4",
                      "--unroll_length=2", f"--save_path={save_path}")
         self.assertEqual(train.returncode, 0, train.stderr)
-        self.assertEqual(os.listdir(save_path), [file_name])
+        self.assertEqual([f for f in os.listdir(save_path) if f.endswith(".l2l")], [file_name])
         lambda_lines = re.findall(r"^Lambda cw: (.*)$", train.stdout, re.M)
         self.assertLen(lambda_lines, 2)
         if kind == "fixed":

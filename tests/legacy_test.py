@@ -363,10 +363,11 @@ class NumericalTest(tf.test.TestCase, parameterized.TestCase):
             step, state = net(tf.constant(grads), state)
             ref_step, ref_state = sonnet1_step(arrays, grads, ref_state, scale)
             self.assertAllClose(step, ref_step, rtol=1e-5, atol=1e-6 * scale, msg=f"step {t}")
+            # The coordinatewise network keeps its states as [hidden, coordinates].
             for layer, (lstm_state, (h, c)) in enumerate(zip(state, ref_state), start=1):
-                self.assertAllClose(lstm_state.hidden, h, rtol=1e-5, atol=1e-6,
+                self.assertAllClose(tf.transpose(lstm_state.hidden), h, rtol=1e-5, atol=1e-6,
                                     msg=f"h of layer {layer} at step {t}")
-                self.assertAllClose(lstm_state.cell, c, rtol=1e-5, atol=1e-6,
+                self.assertAllClose(tf.transpose(lstm_state.cell), c, rtol=1e-5, atol=1e-6,
                                     msg=f"c of layer {layer} at step {t}")
 
     @parameterized.parameters((1, (6, 5)), (2, (6, 5)), (2, (3,)), (1, ()))

@@ -56,6 +56,28 @@ class ShapeTest(tf.test.TestCase, parameterized.TestCase):
             step2, _ = net(grad, state, grad)
             self.assertEqual(step2.shape, grad.shape)
 
+    @parameterized.parameters([(5, 4)], [(3,)], [()])
+    def test_coordinatewise_columns_equal_sonnet_rows(self, layers):
+        # The fused column layout computes what Sonnet's snt.LSTM computes with a row per
+        # coordinate, state included, step after step.
+        net = _lstm(layers=layers, preprocess_name="LogAndSign", preprocess_options={"k": 5},
+                    scale=0.1)
+        for weights in net.weights().values():
+            for v in weights.values():
+                v.assign(tf.random.stateless_normal(v.shape, seed=[3, v.shape.num_elements()]))
+        grad = tf.random.stateless_normal([6, 7], seed=[1, 2]) * 0.01
+        state = net.initial_state_for_inputs(grad)
+        rows_state = net._zero_state(42)
+        for _ in range(3):
+            step, state = net(grad, state)
+            hidden, rows_state = net._hidden(tf.reshape(grad, [-1, 1]), rows_state)
+            self.assertAllClose(step, tf.reshape(net._delta(hidden), [6, 7]), rtol=1e-5,
+                                atol=1e-7)
+            for cols, rows in zip(state, rows_state):
+                self.assertAllClose(tf.transpose(cols.hidden), rows.hidden, rtol=1e-5, atol=1e-6)
+                self.assertAllClose(tf.transpose(cols.cell), rows.cell, rtol=1e-5, atol=1e-6)
+            grad = grad + step
+
     def test_kernel_lstm_steps_each_filter_as_a_row(self):
         net = networks.KernelDeepLSTM([3, 3], layers=(4,))
         grad = tf.random.stateless_normal([3, 3, 2, 5], seed=[3, 4])
