@@ -13,6 +13,7 @@ import util  # First: it imports TensorFlow without its start-up chatter.  # iso
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 import meta
 
@@ -22,6 +23,11 @@ flags.DEFINE_enum("optimizer", "L2L", list(util.OPTIMIZER_KINDS) + list(meta.BAS
                   "TensorFlow's (Adam, RMSprop, SGD, NAG).")
 flags.DEFINE_string("path", None, "Saved optimizer: a directory of .l2l files, or one file.")
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed optimizer.")
+flags.DEFINE_list("learning_rates", None, "A grid of learning rates for a hand-designed "
+                  "optimizer, e.g. 0.001,0.003,0.01,0.03,0.1: each runs --tune_epochs epochs on "
+                  "held-out (validation) data, and the best by mean final loss is evaluated.")
+flags.DEFINE_integer("tune_epochs", 20, "Epochs per learning rate of --learning_rates.",
+                     lower_bound=1)
 flags.DEFINE_float("fixed_lambda", None, "With --optimizer=fixed: which cwfixed<lambda>.l2l to "
                    "load when --path holds several (untrained: 0.01).")
 flags.DEFINE_enum("lambda_mode", "per_coordinate", ["per_coordinate", "scalar"],
@@ -63,16 +69,47 @@ def _learned_unroll(config, unroll_length):
     return unroll, (lambdas.pop() if len(lambdas) == 1 else None)
 
 
+def _tune_learning_rate(unroll_length):
+    """The grid's learning rate with the lowest mean final loss on validation epochs."""
+    try:
+        grid = [float(lr) for lr in FLAGS.learning_rates]
+    except ValueError:
+        raise ValueError(f"--learning_rates must be numbers, got {FLAGS.learning_rates}.") from None
+    problem = util.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
+    results = {}
+    for lr in grid:
+        unroll = meta.BaselineUnroll(problem, FLAGS.optimizer, lr, unroll_length, mode=FLAGS.mode)
+        epochs = [util.run_epoch(unroll, FLAGS.num_steps // unroll_length,
+                                 util.epoch_seed(FLAGS.seed, util.VALIDATION, e))
+                  for e in range(FLAGS.tune_epochs)]
+        results[lr] = float(np.mean([e.final_loss for e in epochs]))
+        print(f"learning_rate {lr:g}: mean final loss {results[lr]:.4g} on {FLAGS.tune_epochs} "
+              f"validation epochs")
+    finite = {lr: loss for lr, loss in results.items() if np.isfinite(loss)}
+    if not finite:
+        raise ValueError(f"Every learning rate of {grid} diverged; try smaller ones.")
+    best = min(finite, key=finite.get)
+    edge = " (an end of the grid: extend it)" if best in (min(grid), max(grid)) else ""
+    print(f"Best learning rate: {best:g}{edge}")
+    return best, f" chosen from {grid} on {FLAGS.tune_epochs} validation epochs"
+
+
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
+    if FLAGS.learning_rates and FLAGS.optimizer not in meta.BASELINES:
+        raise ValueError(f"--learning_rates tunes a hand-designed optimizer "
+                         f"({', '.join(meta.BASELINES)}), not {FLAGS.optimizer}.")
     config = util.get_config(FLAGS.problem, "test", FLAGS.data_dir)
     unroll_length = util.eval_unroll_length(FLAGS.num_steps)
     fixed_lambda = None
     if FLAGS.optimizer in meta.BASELINES:
-        unroll = meta.BaselineUnroll(config.problem, FLAGS.optimizer, FLAGS.learning_rate,
+        learning_rate, tuned = FLAGS.learning_rate, ""
+        if FLAGS.learning_rates:
+            learning_rate, tuned = _tune_learning_rate(unroll_length)
+        unroll = meta.BaselineUnroll(config.problem, FLAGS.optimizer, learning_rate,
                                      unroll_length, mode=FLAGS.mode)
-        settings = f"learning_rate={FLAGS.learning_rate!r}"
+        settings = f"learning_rate={learning_rate!r}{tuned}"
     else:
         unroll, fixed_lambda = _learned_unroll(config, unroll_length)
         settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"

@@ -9,6 +9,7 @@ from absl.testing import parameterized
 import pytest
 import tensorflow as tf
 
+import util
 from conftest import REPO_ROOT
 
 # A few tiny epochs: enough to exercise every path of the loop.
@@ -60,6 +61,20 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         errors, _ = stats(result.stdout)
         self.assertLess(errors[0], 1.0)  # Adam lowers the quadratic from ~30 within 20 steps.
+
+    def test_learning_rate_grid_picks_the_best_on_validation_epochs(self):
+        history = os.path.join(self.get_temp_dir(), "sgd.csv")
+        result = run("evaluate.py", "--problem=quadratic", "--optimizer=SGD",
+                     "--learning_rates=0.001,0.01,0.1", "--tune_epochs=2", "--num_epochs=2",
+                     "--num_steps=20", f"--history_path={history}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        losses = {float(lr): float(loss) for lr, loss in re.findall(
+            r"^learning_rate ([\d.e-]+): mean final loss ([\d.e+-]+)", result.stdout, re.M)}
+        self.assertEqual(sorted(losses), [0.001, 0.01, 0.1])
+        best = min(losses, key=losses.get)
+        self.assertIn(f"Best learning rate: {best:g}", result.stdout)
+        header, _ = util.read_history(history)
+        self.assertIn(f"learning_rate={best!r} chosen from [0.001, 0.01, 0.1]", header)
 
     @parameterized.named_parameters(
         ("unknown_problem", "evaluate.py", ["--problem=cifar5"], r"--problem=cifar5.*simple"),

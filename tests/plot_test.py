@@ -1,0 +1,69 @@
+"""Tests for plot.py: tables and plots of evaluation histories."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import plot
+import util
+from conftest import REPO_ROOT
+
+
+def _history(path, header, losses):
+    util.write_history(str(path), header, losses)
+    return str(path)
+
+
+def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "plot.py"), *args], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_labels_from_headers():
+    assert plot.label("optimizer=Adam problem=mnist learning_rate=0.03") == "Adam (lr 0.03)"
+    assert plot.label("optimizer=fixed problem=mnist path=x fixed_lambda=0.01") == \
+        "fixed (lambda 0.01)"
+    assert plot.label("optimizer=L2L problem=mnist path=x state_reset_period=0") == "L2L"
+
+
+def test_table_gives_means_and_standard_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    adam = rng.uniform(0.2, 0.4, [10, 120])
+    l2l = rng.uniform(0.1, 0.3, [10, 120])
+    paths = [_history(tmp_path / "adam.csv", "optimizer=Adam learning_rate=0.03", adam),
+             _history(tmp_path / "l2l.csv", "optimizer=L2L path=x", l2l)]
+    result = _run(f"--histories={','.join(paths)}", "--table")
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^\| (.+?) \| (\d+) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \(step "
+                      r"(\d+)\) \|$", result.stdout, re.M)
+    assert [r[0] for r in rows] == ["Adam (lr 0.03)", "L2L"]
+    for row, losses in zip(rows, (adam, l2l)):
+        assert int(row[1]) == 10 and int(row[6]) == 120
+        assert float(row[2]) == pytest.approx(np.mean(losses[:, 99]), abs=6e-4)
+        se = np.std(losses[:, 99], ddof=1) / np.sqrt(10)
+        assert float(row[3]) == pytest.approx(se, abs=6e-4)
+        assert float(row[4]) == pytest.approx(np.mean(losses[:, -1]), abs=6e-4)
+
+
+def test_plot_writes_a_png(tmp_path):
+    losses = np.exp(-np.linspace(0, 3, 50))[None] * np.linspace(1, 2, 4)[:, None]
+    path = _history(tmp_path / "h.csv", "optimizer=SGD learning_rate=0.1", losses)
+    output = tmp_path / "figures" / "curve.png"
+    result = _run(f"--histories={path}", f"--output={output}", "--title=test")
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert output.stat().st_size > 10_000  # Axes, a curve and its band, not an empty canvas.
+
+
+def test_bad_input_is_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n")
+    result = _run(f"--histories={bad}", "--table")
+    assert result.returncode == 1
+    assert "is not a history file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
