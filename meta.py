@@ -11,6 +11,7 @@ One call is one compiled function around the whole unroll (forward, meta-gradien
 with no Python between optimizee steps.
 """
 
+import functools
 import os
 from typing import Any, Dict, List, NamedTuple
 
@@ -239,8 +240,9 @@ class Unroll:
         if mode == "eager":
             self._reset_fn, self._step_fn = self._initial_carry, body
         else:
-            self._reset_fn = tf.function(self._initial_carry, jit_compile=mode == "xla", autograph=False)
-            self._step_fn = tf.function(body, jit_compile=mode == "xla", autograph=False)
+            # No autograph: the unroll has no Python control flow that depends on tensors.
+            compile_ = functools.partial(tf.function, jit_compile=mode == "xla", autograph=False)
+            self._reset_fn, self._step_fn = compile_(self._initial_carry), compile_(body)
         self.carry = None
 
     @property

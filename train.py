@@ -99,7 +99,8 @@ def _open_run(save_path):
                 run = json.load(f)
             recorded, run_id = run["flags"], run["run_id"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{run_file} is damaged ({e}); pass --restart to start over.") from None
+            raise ValueError(f"{run_file} is damaged ({e}); pass --restart to start over."
+                             ) from None
         differ = [name for name in RUN_FLAGS if recorded.get(name) != current[name]]
         if differ:
             was = ", ".join(f"--{name}={recorded.get(name)}" for name in differ)

@@ -175,7 +175,8 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
         ("unroll_not_dividing", "train.py", ["--num_steps=10", "--unroll_length=4"],
          r"unroll_length \(4\) must be positive and divide num_steps \(10\)"),
-        ("zero_epochs", "train.py", ["--num_epochs=0"], r"--num_epochs=0: 0 is not a positive integer"),
+        ("zero_epochs", "train.py", ["--num_epochs=0"],
+         r"--num_epochs=0: 0 is not a positive integer"),
         ("negative_learning_rate", "train.py", ["--learning_rate=0"],
          "--learning_rate must be positive"),
         ("zero_lambda_max", "train.py", ["--lambda_max=0"], "--lambda_max must be positive"),
@@ -186,7 +187,8 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         ("restart_without_save_path", "train.py", ["--restart"], "--restart needs --save_path"),
         ("negative_reset_period", "evaluate.py", ["--state_reset_period=-1"],
          r"--state_reset_period=-1: -1 is not a non-negative integer"),
-        ("zero_steps", "evaluate.py", ["--num_steps=0"], r"--num_steps=0: 0 is not a positive integer"),
+        ("zero_steps", "evaluate.py", ["--num_steps=0"],
+         r"--num_steps=0: 0 is not a positive integer"),
         ("unknown_problem", "train.py", ["--problem=svhn"], r"--problem=svhn.*quadratic"),
         ("unknown_optimizer", "evaluate.py", ["--optimizer=Adagrad"], r"--optimizer=Adagrad"),
     )
@@ -205,7 +207,8 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
     def test_saved_files_that_do_not_fit(self):
         cases = [
             # A cifar-multi folder holds conv.l2l and fc.l2l, not the cw.l2l mnist needs.
-            (["--problem=quadratic", f"--path={self._saved('conv', networks.CoordinateWiseDeepLSTM())}"],
+            (["--problem=quadratic",
+              f"--path={self._saved('conv', networks.CoordinateWiseDeepLSTM())}"],
              r"No L2L optimizer for network 'cw' in .*: expected cw.l2l, found conv.l2l"),
             # A fixed-lambda file asked for as L2L.
             (["--problem=quadratic", "--path=" + os.path.join(

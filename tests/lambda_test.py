@@ -1,4 +1,4 @@
-"""Tests of the fixed- and learned-lambda optimizers: the rule, the meta-gradient, save/load, CLI."""
+"""Tests of the fixed- and learned-lambda optimizers: rule, meta-gradient, save/load, CLI."""
 
 import os
 import re
