@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Evaluates the shipped optimizers and the tuned baselines on the paper's problems, then draws
+# the loss curves and the results table of the README ("Reproducing the paper").
+#
+#   MNIST_DIR=/path/to/mnist ./reproduce.sh [problem ...]
+#
+# MNIST_DIR (or L2L_DATA_DIR) must hold the MNIST files; Fashion-MNIST comes from the same
+# search (e.g. Debian's dataset-fashion-mnist). Histories go to results/histories/, plots to
+# results/*.png, the table to results/table.md. Every run uses --seed=0: all optimizers see the
+# same problems and batches. About an hour per MNIST-sized problem on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python}
+DATA=${MNIST_DIR:+--data_dir=$MNIST_DIR}
+GRID=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3
+EPOCHS=${EPOCHS:-100}
+OUT=results
+mkdir -p $OUT/histories
+
+# problem name in the table, --problem, --num_steps, folder of the shipped optimizers.
+CASES=(
+  "quadratic quadratic 100 quadratic"
+  "mnist mnist 100 mnist"
+  "mnist-200-steps mnist 200 mnist"
+  "mnist-40 mnist-40 100 mnist"
+  "mnist-2layer mnist-2layer 100 mnist"
+  "mnist-relu mnist-relu 100 mnist"
+  "fashion_mnist fashion_mnist 100 fashion_mnist"
+)
+
+evaluate() {  # name, then evaluate.py flags
+  local name=$1; shift
+  local history=$OUT/histories/$name.csv
+  if [ -f "$history" ]; then echo "have $history"; return; fi
+  echo "== $name"
+  $PYTHON evaluate.py $DATA --seed=0 --num_epochs=$EPOCHS --history_path="$history" "$@"
+}
+
+for case in "${CASES[@]}"; do
+  read -r name problem steps saved <<< "$case"
+  if [ $# -gt 0 ] && [[ ! " $* " =~ " $name " ]]; then continue; fi
+  common=(--problem=$problem --num_steps=$steps)
+  histories=()
+  for kind in L2L fixed learned; do
+    case $kind in L2L) file=cw.l2l;; fixed) file=cwfixed0.01.l2l;; learned) file=cwlearned.l2l;; esac
+    if [ -f saved_optimizers/$saved/$file ]; then
+      evaluate ${name}_$kind "${common[@]}" --optimizer=$kind --path=saved_optimizers/$saved/$file
+      histories+=($OUT/histories/${name}_$kind.csv)
+    fi
+  done
+  for baseline in Adam RMSprop SGD NAG; do
+    evaluate ${name}_$baseline "${common[@]}" --optimizer=$baseline --learning_rates=$GRID
+    histories+=($OUT/histories/${name}_$baseline.csv)
+  done
+  joined=$(IFS=,; echo "${histories[*]}")
+  $PYTHON plot.py --histories="$joined" --output=$OUT/$name.png --title="$name ($steps steps)"
+  { echo; echo "### $name ($steps steps)"; echo; $PYTHON plot.py --histories="$joined" --table; } \
+    > $OUT/table_$name.md
+done
+for case in "${CASES[@]}"; do  # The table in the order of CASES, with what exists so far.
+  read -r name _ <<< "$case"
+  if [ -f $OUT/table_$name.md ]; then cat $OUT/table_$name.md; fi
+done > $OUT/table.md
+echo "Table: $OUT/table.md"
