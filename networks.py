@@ -587,6 +587,9 @@ def atomic_write(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # As open() would create it; mkstemp makes it private.
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -279,6 +279,9 @@ class SaveLoadTest(tf.test.TestCase, parameterized.TestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(4), b"PK\x03\x04")  # A zip of .npy arrays and JSON.
         self.assertEqual([f for f in os.listdir(self.get_temp_dir()) if f.startswith(".tmp")], [])
+        umask = os.umask(0)
+        os.umask(umask)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o666 & ~umask)  # Not mkstemp's 0600.
 
 
 if __name__ == "__main__":
