@@ -75,10 +75,13 @@ def _tune_learning_rate(unroll_length):
         grid = [float(lr) for lr in FLAGS.learning_rates]
     except ValueError:
         raise ValueError(f"--learning_rates must be numbers, got {FLAGS.learning_rates}.") from None
+    if not grid or not all(lr > 0 for lr in grid):
+        raise ValueError(f"--learning_rates must be positive numbers, got {FLAGS.learning_rates}.")
     problem = util.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
     results = {}
+    unroll = meta.BaselineUnroll(problem, FLAGS.optimizer, grid[0], unroll_length, mode=FLAGS.mode)
     for lr in grid:
-        unroll = meta.BaselineUnroll(problem, FLAGS.optimizer, lr, unroll_length, mode=FLAGS.mode)
+        unroll.set_learning_rate(lr)  # Compiled once for the whole grid.
         epochs = [util.run_epoch(unroll, FLAGS.num_steps // unroll_length,
                                  util.epoch_seed(FLAGS.seed, util.VALIDATION, e))
                   for e in range(FLAGS.tune_epochs)]

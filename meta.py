@@ -409,7 +409,9 @@ class BaselineUnroll:
     """A hand-designed TensorFlow optimizer run like `Unroll`: same problem, seeds and data.
 
     The optimizee's parameters live in variables that the optimizer updates; `reset(seed)`
-    re-draws them and restores the optimizer's slots to their initial values.
+    re-draws them and restores the optimizer's slots to their initial values. The learning rate
+    is a variable too: `set_learning_rate` changes it without tracing or compiling again, which is
+    what makes a learning-rate grid cheap.
     """
 
     def __init__(self, problem, optimizer_name, learning_rate, unroll_length, mode=None):
@@ -422,10 +424,17 @@ class BaselineUnroll:
         self.unroll_length = int(unroll_length)
         self.mode = mode
         self.optimizer = baseline_optimizer(optimizer_name, learning_rate)
+        self.learning_rate = float(learning_rate)
         self._params, self._initial_slots = None, None
         self._seed, self._step = None, None
         self._step_fn = (self._run if mode == "eager"
                          else tf.function(self._run, jit_compile=mode == "xla", autograph=False))
+
+    def set_learning_rate(self, learning_rate):
+        """Takes effect from the next `reset`, like the rest of the optimizer's state."""
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+        self.learning_rate = float(learning_rate)
 
     def reset(self, seed):
         self._seed = tf.constant(seed, tf.int32, shape=[2])
@@ -441,6 +450,7 @@ class BaselineUnroll:
                 param.assign(value)
             for slot, value in zip(self.optimizer.variables, self._initial_slots):
                 slot.assign(value)
+        self.optimizer.learning_rate = self.learning_rate  # A variable: assigned, not retraced.
 
     def __call__(self):
         if self._params is None:
@@ -450,18 +460,26 @@ class BaselineUnroll:
         return result
 
     def _run(self, seed, first_step):
-        losses = []
-        for position in range(self.unroll_length):
+        """`unroll_length` steps as a `tf.while_loop` over one traced step (see `Unroll`)."""
+        def body(position, losses):
             data = self.problem.sample(seed, first_step + position)
             with tf.GradientTape() as tape:
                 loss = self.problem.loss(self._params, data)
             grads = tape.gradient(loss, self._params,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             self.optimizer.apply_gradients(zip(grads, self._params))
-            losses.append(loss)
+            return position + 1, losses.write(position, loss)
+
+        dtype = self._params[0].dtype
+        _, losses = tf.while_loop(
+            lambda position, _: position < self.unroll_length, body,
+            (tf.constant(0), tf.TensorArray(dtype, size=self.unroll_length + 1)),
+            maximum_iterations=self.unroll_length)
         step = first_step + self.unroll_length
-        losses.append(self.problem.loss(self._params, self.problem.sample(seed, step)))
-        return UnrollResult(tf.add_n(losses), tf.stack(losses), {}, tf.constant(True))
+        losses = losses.write(self.unroll_length,
+                              self.problem.loss(self._params, self.problem.sample(seed, step)))
+        losses = losses.stack()
+        return UnrollResult(tf.reduce_sum(losses), losses, {}, tf.constant(True))
 
 
 def num_unrolls(num_steps, unroll_length):

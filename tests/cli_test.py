@@ -87,6 +87,9 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         ("bad_learning_rate", "train.py", ["--learning_rate=-1"], r"--learning_rate must be "
                                                                   r"positive"),
         ("stray_argument", "train.py", ["quadratic"], r"Unexpected arguments: quadratic"),
+        ("bad_grid", "evaluate.py", ["--problem=quadratic", "--optimizer=SGD",
+                                     "--learning_rates=0.1,-1"],
+         r"--learning_rates must be positive numbers"),
     )
     def test_bad_input_is_one_clear_line(self, script, args, message):
         result = run(script, *args)

@@ -64,6 +64,33 @@ class SgdUnrollTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(short().losses, halves[0], rtol=1e-6)
 
 
+class BaselineUnrollTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters(*meta.MODES)
+    def test_sgd_matches_closed_form_across_unrolls(self, mode):
+        lr, steps = 0.1, 4
+        x0 = np.array([1.0, -2.0, 3.0])
+        unroll = meta.BaselineUnroll(_half_square(), "SGD", lr, steps, mode=mode)
+        unroll.reset([0, 0])
+        losses = np.concatenate([unroll().losses.numpy(), unroll().losses.numpy()[1:]])
+        decay = (1.0 - lr) ** np.arange(2 * steps + 1)  # x_t = (1 - lr)^t x_0.
+        self.assertAllClose(losses, 0.5 * decay**2 * np.sum(x0**2), rtol=1e-6)
+
+    def test_new_learning_rate_gives_a_fresh_optimizers_numbers_without_retracing(self):
+        problem = problems.quadratic(batch_size=4, num_dims=3)
+        grid = meta.BaselineUnroll(problem, "Adam", 0.3, 5, mode="graph")
+        grid.reset([1, 2])
+        grid()
+        grid.set_learning_rate(0.01)
+        grid.reset([1, 2])  # Restores Adam's slots and step count too.
+        fresh = meta.BaselineUnroll(problem, "Adam", 0.01, 5, mode="graph")
+        fresh.reset([1, 2])
+        self.assertAllEqual(grid().losses, fresh().losses)
+        self.assertEqual(grid._step_fn.experimental_get_tracing_count(), 1)
+        with self.assertRaisesRegex(ValueError, "learning_rate must be positive"):
+            grid.set_learning_rate(0.0)
+
+
 class MetaGradientTest(tf.test.TestCase):
 
     def _meta_loss_and_gradient(self, second_derivatives):
