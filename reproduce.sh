@@ -8,7 +8,7 @@
 # evaluate.py searches as usual (L2L_DATA_DIR/<dataset>/, Debian's dataset-fashion-mnist,
 # tensorflow_datasets). They are separate because the two datasets' files have the same names.
 # Histories go to results/histories/, plots to results/*.png, the table to results/table.md.
-# Every run uses --seed=0: all optimizers see the same problems and batches. About 5 minutes per
+# Every run uses --seed=0: all optimizers see the same problems and batches. About 8 minutes per
 # 100-step MNIST-sized problem on one CPU core.
 set -euo pipefail
 cd "$(dirname "$0")"
