@@ -57,6 +57,15 @@ _IDX_FILES = {
 }
 _IDX_MAGIC_LABELS, _IDX_MAGIC_IMAGES = 0x00000801, 0x00000803
 _GZIP_MAGIC = b"\x1f\x8b"
+# MNIST and Fashion-MNIST files have the same names and format; the official files' first ten
+# labels tell them apart, so a folder holding the other dataset is an error, not a silent swap.
+_FIRST_LABELS = {
+    ("mnist", "train"): (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
+    ("mnist", "test"): (7, 2, 1, 0, 4, 1, 4, 9, 5, 9),
+    ("fashion_mnist", "train"): (9, 0, 0, 3, 0, 2, 7, 2, 5, 5),
+    ("fashion_mnist", "test"): (9, 2, 1, 1, 6, 1, 4, 6, 5, 7),
+}
+_OTHER_MNIST = {"mnist": "fashion_mnist", "fashion_mnist": "mnist"}
 
 _CIFAR_FILES = {
     "cifar10": {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
@@ -371,6 +380,12 @@ def _find_and_read(name, part, data_dir):
         if _holds(name, folder):
             # A present but broken file raises here rather than falling through to a source.
             x, y = _read_part(name, str(folder.resolve()), part)
+            other = _OTHER_MNIST.get(name)
+            if other and tuple(y[:10]) == _FIRST_LABELS[other, part]:
+                raise DatasetError(
+                    f"{folder} holds {other}'s files (their labels are {other}'s), not {name}'s: "
+                    f"the two datasets' files have the same names, so keep each in its own "
+                    f"folder, DIR/mnist/ and DIR/fashion_mnist/, and pass --data_dir=DIR.")
             return x, y, str(folder)
     tfds_dir = None if data_dir is None else str(pathlib.Path(data_dir).expanduser())
     try:

@@ -295,6 +295,29 @@ def test_load_mnist_wrong_image_size(tmp_path):
         datasets.load("mnist", "test", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("held, asked", [("mnist", "fashion_mnist"), ("fashion_mnist", "mnist")])
+@pytest.mark.parametrize("split, part, labels_file", [("test", "test", "t10k-labels-idx1-ubyte.gz"),
+                                                     ("validation", "train",
+                                                      "train-labels-idx1-ubyte.gz")])
+def test_load_refuses_the_other_mnist_datasets_files(tmp_path, held, asked, split, part,
+                                                     labels_file):
+    # The two datasets' files share names; the official files' first labels tell them apart.
+    make_mnist(tmp_path, num_train=12, num_test=12)
+    first = datasets._FIRST_LABELS[held, part]
+    write_idx(tmp_path / labels_file, [*first, 0, 1], gz=True)
+    if split == "test":  # The same files load as what they are (validation needs 10,000 more).
+        datasets.load(held, split, data_dir=tmp_path)
+    with pytest.raises(datasets.DatasetError) as excinfo:
+        datasets.load(asked, split, data_dir=tmp_path)
+    assert_one_line_error(excinfo, f"holds {held}'s files", "DIR/mnist/ and DIR/fashion_mnist/")
+
+
+def test_real_mnist_files_are_not_taken_for_fashion_mnist():
+    folder = shared_path("data", "mnist")
+    with pytest.raises(datasets.DatasetError, match="holds mnist's files"):
+        datasets.load("fashion_mnist", "test", data_dir=folder)
+
+
 def test_load_swapped_labels_and_images(tmp_path):
     make_mnist(tmp_path, num_test=5)
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros(5), gz=True)
