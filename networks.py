@@ -340,11 +340,16 @@ class CoordinateWiseDeepLSTM(StandardDeepLSTM):
         """A `Linear(1)` layer applied to every column of `hidden`: `[features, n] -> [n]`."""
         return tf.reshape(tf.matmul(linear.w, hidden, transpose_a=True) + linear.b, [-1])
 
+    def _column_delta(self, inputs, prev_state):
+        """`(delta, hidden, next_state)`: the scaled step in `inputs`' shape, and what made it."""
+        hidden, next_state = self._columns(inputs, prev_state)
+        delta = self._column_head(self._linear, hidden) * self._scale
+        return tf.reshape(delta, inputs.shape), hidden, next_state
+
     def update(self, inputs, prev_state, param=None):
         del param
-        hidden, next_state = self._columns(inputs, prev_state)
-        step = self._column_head(self._linear, hidden) * self._scale
-        return Update(tf.reshape(step, inputs.shape), next_state)
+        delta, _, next_state = self._column_delta(inputs, prev_state)
+        return Update(delta, next_state)
 
 
 class KernelDeepLSTM(StandardDeepLSTM):
@@ -401,8 +406,7 @@ class _LambdaDeepLSTM(CoordinateWiseDeepLSTM):
     def update(self, inputs, prev_state, param=None):
         if param is None:
             raise ValueError(f"{type(self).__name__} needs the parameter as well as the gradient.")
-        hidden, next_state = self._columns(inputs, prev_state)
-        delta = tf.reshape(self._column_head(self._linear, hidden) * self._scale, inputs.shape)
+        delta, hidden, next_state = self._column_delta(inputs, prev_state)
         lam = self._lambda(hidden, param)
         per_coordinate = lam if lam.shape.rank == 0 else tf.reshape(lam, param.shape)
         return Update(delta + per_coordinate * param, next_state, lam)
