@@ -8,17 +8,17 @@ input is read and checked before anything is written, so a bad file leaves `outp
 Files already in this project's format are reported and not copied.
 """
 
-import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
-
 import os
 
 from absl import app
 from absl import flags
 
+import cli
 import networks
+import util
+import weights_file
 
 FLAGS = flags.FLAGS
-_OWN_FORMAT_MAGIC = b"PK\x03\x04"  # This project's files are zip archives (see `networks.save`).
 
 
 def _define_flags():
@@ -36,10 +36,10 @@ def _inputs(path):
         names = sorted(f for f in os.listdir(path)
                        if f.endswith(".l2l") and os.path.isfile(os.path.join(path, f)))
         if not names:
-            raise ValueError(f"--path {path} holds no .l2l file.")
+            raise util.FlagError(f"--path {path} holds no .l2l file.")
         return [os.path.join(path, f) for f in names], path
     if not os.path.isfile(path):
-        raise ValueError(f"--path {path} does not exist.")
+        raise util.FlagError(f"--path {path} does not exist.")
     return [path], os.path.dirname(path) or "."
 
 
@@ -54,27 +54,27 @@ def convert(path, output_dir):
       One line per input file, saying what became of it.
 
     Raises:
-      ValueError: no input, `output_dir` is the input directory, a destination exists, or an
+      util.UserError: no input, `output_dir` is the input directory, a destination exists, or an
         input cannot be read or converted (`networks.WeightsFileError`); nothing is written then.
     """
     files, input_dir = _inputs(path)
     if os.path.realpath(output_dir) == os.path.realpath(input_dir):
-        raise ValueError(f"--output_dir {output_dir} is the input directory; choose another, so "
-                         f"that the legacy files stay as they are.")
+        raise util.FlagError(f"--output_dir {output_dir} is the input directory; choose another, "
+                             f"so that the legacy files stay as they are.")
     converted, lines = [], []
     for file in files:
         name = os.path.basename(file)
         with open(file, "rb") as f:
-            magic = f.read(len(_OWN_FORMAT_MAGIC))
-        if magic == _OWN_FORMAT_MAGIC:
-            networks.load(file)  # Still say if it is damaged.
+            magic = f.read(len(weights_file.ZIP_MAGIC))
+        if magic == weights_file.ZIP_MAGIC:
+            weights_file.load(file)  # Still say if it is damaged.
             lines.append(f"{name}: already in this project's format; not copied.")
             continue
-        saved = networks.load(file)  # Legacy or not an optimizer file: clear errors either way.
+        saved = weights_file.load(file)  # Legacy or not an optimizer file: clear errors either way.
         network = networks.factory(saved.net, net_path=file)
         destination = os.path.join(output_dir, name)
         if os.path.lexists(destination):
-            raise ValueError(f"{destination} exists; refusing to overwrite it (remove it or "
+            raise util.FlagError(f"{destination} exists; refusing to overwrite it (remove it or "
                              f"choose another --output_dir).")
         converted.append((network, destination))
         lines.append(f"{name} -> {destination}: {saved.net} {_describe(network)}")
@@ -86,12 +86,11 @@ def convert(path, output_dir):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_no_arguments(argv)
     for line in convert(FLAGS.path, FLAGS.output_dir):
         print(line)
 
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(util.cli(main))
+    app.run(cli.run(main))

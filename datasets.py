@@ -22,6 +22,8 @@ import zlib
 
 import numpy as np
 
+import util
+
 NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "iris")
 SPLITS = ("train", "validation", "test")
 
@@ -48,7 +50,10 @@ _IMAGE_SHAPES = {
     "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
     "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
 }
-_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+# The shape of one example and the number of classes of every dataset (the problems' sizes).
+EXAMPLE_SHAPES = dict(_IMAGE_SHAPES, iris=(IRIS_NUM_FEATURES,))
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+               "iris": IRIS_NUM_CLASSES}
 
 # (images, labels) file names of the official train and test parts; each may end in `.gz`.
 _IDX_FILES = {
@@ -87,7 +92,7 @@ _TFDS_DOWNLOAD_HOSTS = {
 _ONLINE_TIMEOUT_SECONDS = 3.0
 
 
-class DatasetError(ValueError):
+class DatasetError(util.MissingDataError):
     """A dataset is missing, truncated or malformed; the message is one line with the fix."""
 
 
@@ -256,7 +261,7 @@ def _check_images_labels(name, source, x, y, image_source=None, label_source=Non
     if len(x) != len(y):
         raise DatasetError(f"{image_source} has {len(x)} images but {label_source} has "
                            f"{len(y)} labels; replace them with a matching pair.")
-    num_classes = _NUM_CLASSES[name]
+    num_classes = NUM_CLASSES[name]
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         bad = int(np.flatnonzero((y < 0) | (y >= num_classes))[0])
         raise DatasetError(f"{label_source}: label {int(y[bad])} at index {bad} is outside "

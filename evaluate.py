@@ -8,17 +8,18 @@ Runs `num_epochs` epochs of `num_steps` optimizee steps each on the problem's te
 the mean final loss, and writes the loss after every step of every epoch to a CSV history.
 """
 
-import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
-
 from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
+import cli
+import configs
 import meta
+import util
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("optimizer", "L2L", list(util.OPTIMIZER_KINDS) + list(meta.BASELINES),
+flags.DEFINE_enum("optimizer", "L2L", list(configs.OPTIMIZER_KINDS) + list(meta.BASELINES),
                   "Optimizer to evaluate: learned (L2L, fixed or learned lambda) or one of "
                   "TensorFlow's (Adam, RMSprop, SGD, NAG).")
 flags.DEFINE_string("path", None, "Saved optimizer: a directory of .l2l files, or one file.")
@@ -35,7 +36,7 @@ flags.DEFINE_enum("lambda_mode", "per_coordinate", ["per_coordinate", "scalar"],
 flags.DEFINE_float("lambda_max", 0.1, "Untrained learned-lambda optimizer only.")
 flags.DEFINE_integer("num_epochs", 100, "Number of evaluation epochs.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the problems' initial parameters and data.")
-flags.DEFINE_enum("problem", "simple", sorted(util.CONFIGS), "Type of problem.")
+flags.DEFINE_enum("problem", "simple", sorted(configs.CONFIGS), "Type of problem.")
 flags.DEFINE_integer("num_steps", 100, "Number of optimization steps per epoch.", lower_bound=1)
 flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer networks' state every "
                      "that many steps; 0: only at the start of each epoch (DeepMind's original). "
@@ -55,10 +56,10 @@ def _learned_unroll(config, unroll_length):
     if FLAGS.path is None:
         logging.warning("Evaluating untrained %s optimizer", FLAGS.optimizer)
         fixed_lambda = 0.01 if FLAGS.fixed_lambda is None else FLAGS.fixed_lambda
-        net_config = util.with_optimizer_kind(net_config, FLAGS.optimizer, fixed_lambda,
+        net_config = configs.with_optimizer_kind(net_config, FLAGS.optimizer, fixed_lambda,
                                               FLAGS.lambda_mode, FLAGS.lambda_max)
     else:
-        net_config = util.with_saved_paths(net_config, FLAGS.path, FLAGS.optimizer,
+        net_config = configs.with_saved_paths(net_config, FLAGS.path, FLAGS.optimizer,
                                            FLAGS.fixed_lambda)
     optimizer = meta.MetaOptimizer(**net_config)
     unroll = optimizer.meta_loss(config.problem, unroll_length,
@@ -74,23 +75,25 @@ def _tune_learning_rate(unroll_length):
     try:
         grid = [float(lr) for lr in FLAGS.learning_rates]
     except ValueError:
-        raise ValueError(f"--learning_rates must be numbers, got {FLAGS.learning_rates}.") from None
-    if not grid or not all(lr > 0 for lr in grid):
-        raise ValueError(f"--learning_rates must be positive numbers, got {FLAGS.learning_rates}.")
-    problem = util.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
+        raise util.FlagError(f"--learning_rates must be numbers, got {FLAGS.learning_rates}."
+                             ) from None
+    if not grid or not all(lr > 0 and np.isfinite(lr) for lr in grid):
+        raise util.FlagError(f"--learning_rates must be positive numbers, got "
+                             f"{FLAGS.learning_rates}.")
+    problem = configs.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
     results = {}
     unroll = meta.BaselineUnroll(problem, FLAGS.optimizer, grid[0], unroll_length, mode=FLAGS.mode)
     for lr in grid:
         unroll.set_learning_rate(lr)  # Compiled once for the whole grid.
-        epochs = [util.run_epoch(unroll, FLAGS.num_steps // unroll_length,
-                                 util.epoch_seed(FLAGS.seed, util.VALIDATION, e))
+        epochs = [meta.run_epoch(unroll, FLAGS.num_steps // unroll_length,
+                                 meta.epoch_seed(FLAGS.seed, meta.VALIDATION, e))
                   for e in range(FLAGS.tune_epochs)]
         results[lr] = float(np.mean([e.final_loss for e in epochs]))
         print(f"learning_rate {lr:g}: mean final loss {results[lr]:.4g} on {FLAGS.tune_epochs} "
               f"validation epochs")
     finite = {lr: loss for lr, loss in results.items() if np.isfinite(loss)}
     if not finite:
-        raise ValueError(f"Every learning rate of {grid} diverged; try smaller ones.")
+        raise util.FlagError(f"Every learning rate of {grid} diverged; try smaller ones.")
     best = min(finite, key=finite.get)
     edge = " (an end of the grid: extend it)" if best in (min(grid), max(grid)) else ""
     print(f"Best learning rate: {best:g}{edge}")
@@ -98,13 +101,14 @@ def _tune_learning_rate(unroll_length):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
+    cli.check_no_arguments(argv)
+    cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
+    cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
     if FLAGS.learning_rates and FLAGS.optimizer not in meta.BASELINES:
-        raise ValueError(f"--learning_rates tunes a hand-designed optimizer "
+        raise util.FlagError(f"--learning_rates tunes a hand-designed optimizer "
                          f"({', '.join(meta.BASELINES)}), not {FLAGS.optimizer}.")
-    config = util.get_config(FLAGS.problem, "test", FLAGS.data_dir)
-    unroll_length = util.eval_unroll_length(FLAGS.num_steps)
+    config = configs.get_config(FLAGS.problem, "test", FLAGS.data_dir)
+    unroll_length = meta.eval_unroll_length(FLAGS.num_steps)
     fixed_lambda = None
     if FLAGS.optimizer in meta.BASELINES:
         learning_rate, tuned = FLAGS.learning_rate, ""
@@ -118,21 +122,21 @@ def main(argv):
         settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
                     + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}"))
 
-    epochs = [util.run_epoch(unroll, FLAGS.num_steps // unroll_length,
-                             util.epoch_seed(FLAGS.seed, util.TEST, e))
+    epochs = [meta.run_epoch(unroll, FLAGS.num_steps // unroll_length,
+                             meta.epoch_seed(FLAGS.seed, meta.TEST, e))
               for e in range(FLAGS.num_epochs)]
-    util.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
+    cli.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
                      sum(e.time for e in epochs), FLAGS.num_epochs)
-    util.report_divergence(epochs)
-    util.print_lambda_stats(util.lambda_stats([r for e in epochs for r in e.results]))
+    cli.report_divergence(epochs)
+    cli.print_lambda_stats(meta.lambda_stats([r for e in epochs for r in e.results]))
     histories = [e.history for e in epochs]
 
-    path = FLAGS.history_path or util.history_path(FLAGS.problem, FLAGS.optimizer, fixed_lambda)
-    util.write_history(path, f"optimizer={FLAGS.optimizer} problem={FLAGS.problem} "
+    path = FLAGS.history_path or cli.history_path(FLAGS.problem, FLAGS.optimizer, fixed_lambda)
+    cli.write_history(path, f"optimizer={FLAGS.optimizer} problem={FLAGS.problem} "
                              f"num_steps={FLAGS.num_steps} num_epochs={FLAGS.num_epochs} "
                              f"seed={FLAGS.seed} {settings}", histories)
     print(f"History of every step written to {path}")
 
 
 if __name__ == "__main__":
-    app.run(util.cli(main))
+    app.run(cli.run(main))

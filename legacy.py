@@ -4,22 +4,19 @@ Those files are `dill` pickles of `{module: {variable: float32 array}}` (the for
 `shared/legacy/README.md`). They are untrusted input, so they are never handed to `pickle` as they
 are: a restricted unpickler resolves only the handful of globals such files use, to stand-ins
 that check every argument, and nothing in the stream reaches numpy until its values are checked.
-The arrays then tell the network's layout; the Sonnet 1 LSTM weights are converted to the layout
-of Sonnet 2's `snt.LSTM` that `networks` builds on.
-
-    saved = legacy.load(path, data)  # Usually through `networks.load(path)`.
-    net = networks.factory(saved.net, net_path=path)
+The arrays then tell the network's layout, and are the weights of the Sonnet 1 LSTM that
+`networks` builds as they are. This module returns plain arrays and options;
+`weights_file.load` is what reads any optimizer file, this format included.
 """
 
 import io
 import math
-import os
 import pickle
 import re
 
 import numpy as np
 
-import networks
+import util
 
 try:
     from numpy._core.multiarray import _reconstruct as _numpy_reconstruct  # numpy >= 2.
@@ -28,18 +25,15 @@ except ImportError:  # numpy 1.x, where `numpy.core` is not yet deprecated.
 
 # The module dill recorded for `_reconstruct`; the only module a legacy file may import.
 _MULTIARRAY_MODULE = "numpy.core._multiarray_umath"
-# Sonnet 1 adds this to the forget gate at run time; Sonnet 2 keeps it in the bias variable.
-FORGET_BIAS = 1.0
 # What the number of input features of the first LSTM says about the original configuration
 # (its `get_config`): 1 feature for the quadratic (no preprocessing), 2 for MNIST (LogAndSign).
 _CONFIG_BY_FEATURES = {
     1: dict(preprocess_name="identity", preprocess_options={}, scale=1.0),
     2: dict(preprocess_name="LogAndSign", preprocess_options={"k": 5}, scale=0.01),
 }
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-class LegacyFormatError(networks.WeightsFileError):
+class LegacyFormatError(util.WeightsFileError):
     """A legacy `.l2l` file that is unsafe, damaged, or not a network this code can convert."""
 
 
@@ -234,12 +228,8 @@ def read_pickle(path, data=None):
         dicts of float32 arrays. Float64 arrays are refused, not cast: the TF1 code wrote float32.
     """
     if data is None:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise LegacyFormatError(f"Cannot read legacy optimizer file {path}: "
-                                    f"{e.strerror}.") from None
+        data = util.read_file(path, 64 * 2**20, what="legacy optimizer file",
+                              error=LegacyFormatError)
     stream = io.BytesIO(data)
     try:
         obj = _RestrictedUnpickler(stream, fix_imports=False).load()
@@ -284,59 +274,6 @@ def _plain_arrays(path, obj):
 
 
 # -- Conversion ---------------------------------------------------------------------------------
-
-def convert_lstm(w_gates, b_gates, input_size, forget_bias=FORGET_BIAS):
-    """Converts one Sonnet 1 LSTM's weights to the variables of Sonnet 2's `snt.LSTM`.
-
-    Sonnet 1 computes `concat([x, h]) @ w_gates + b_gates`, splits the gates as (i, j, f, o) and
-    adds `forget_bias` to `f` at run time. Sonnet 2 computes `x @ w_i + h @ w_h + b`, splits them
-    as (i, f, g, o) with `g` Sonnet 1's `j`, and keeps the forget bias in `b`.
-
-    Args:
-      w_gates: `[input_size + hidden, 4 * hidden]`, input rows first.
-      b_gates: `[4 * hidden]`.
-      input_size: number of input rows of `w_gates`.
-      forget_bias: what Sonnet 1 added to the forget gate (1.0, its default and the original's).
-
-    Returns:
-      `dict(w_i=[input_size, 4 * hidden], w_h=[hidden, 4 * hidden], b=[4 * hidden])`; `b` holds
-      the forget bias, so build the LSTM with `forget_bias=0` (as `networks` does for given
-      biases).
-
-    Raises:
-      ValueError: the shapes do not fit one another.
-    """
-    w_gates, b_gates = np.asarray(w_gates), np.asarray(b_gates)
-    if b_gates.ndim != 1 or b_gates.shape[0] % 4 or not b_gates.shape[0]:
-        raise ValueError(f"b_gates has shape {b_gates.shape}; expected [4 * hidden].")
-    hidden = b_gates.shape[0] // 4
-    if w_gates.shape != (input_size + hidden, 4 * hidden) or input_size < 1:
-        raise ValueError(f"w_gates has shape {w_gates.shape}; with {input_size} inputs and "
-                         f"{hidden} hidden units expected {(input_size + hidden, 4 * hidden)}.")
-    i, j, f, o = np.split(w_gates, 4, axis=1)
-    w = np.concatenate([i, f, j, o], axis=1)
-    b_i, b_j, b_f, b_o = np.split(b_gates, 4)
-    b = np.concatenate([b_i, b_f + np.asarray(forget_bias, b_gates.dtype), b_j, b_o])
-    return dict(w_i=w[:input_size], w_h=w[input_size:], b=b)
-
-
-def fixed_lambda_of(path):
-    """The lambda in a `<key>fixed<lambda>.l2l` file name, or None for a name without `fixed`.
-
-    Raises:
-      LegacyFormatError: `fixed` is followed by something other than a finite number.
-    """
-    name = os.path.basename(path)
-    stem = name[:-len(".l2l")] if name.endswith(".l2l") else name
-    _, fixed, text = stem.rpartition("fixed")
-    if not fixed:
-        return None
-    if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)):
-        raise LegacyFormatError(f"{path}: cannot read lambda {text!r} from the file name; name "
-                                f"fixed-lambda files <key>fixed<lambda>.l2l (e.g. cwfixed0.01.l2l),"
-                                f" other files without 'fixed'.")
-    return float(text)
-
 
 def _check_variables(path, arrays, module, names):
     found = set(arrays[module])
@@ -400,24 +337,26 @@ def _infer_layers(path, arrays):
     return layers, features
 
 
-def load(path, data=None):
+def load(path, data=None, fixed_lambda=None):
     """Reads a legacy `.l2l` file as the network this project builds for it.
 
-    The class is `FixedLambdaDeepLSTM` for a `<key>fixed<lambda>.l2l` name (lambda is recorded
-    nowhere else) and `CoordinateWiseDeepLSTM` otherwise; layer sizes come from the arrays, and
-    preprocessing and scale from the number of input features (see `_CONFIG_BY_FEATURES`).
+    The class is `FixedLambdaDeepLSTM` when `fixed_lambda` is given (legacy files record lambda
+    only in their name, `<key>fixed<lambda>.l2l`, which `weights_file` reads) and
+    `CoordinateWiseDeepLSTM` otherwise; layer sizes come from the arrays, and preprocessing and
+    scale from the number of input features (see `_CONFIG_BY_FEATURES`).
 
     Args:
-      path: the file's path (its name carries lambda).
-      data: the file's bytes; None reads them from `path`.
+      path: the file's path, for messages (and to read it when `data` is None).
+      data: the file's bytes.
+      fixed_lambda: the lambda of a fixed-lambda optimizer, or None.
 
     Returns:
-      `networks.SavedNetwork` with the options `networks` records and the weights in its layout.
+      `(net class name, net options, {layer: {variable: array}})` in the layout and with the
+      options `networks` records.
 
     Raises:
       LegacyFormatError: see `read_pickle`; also a network this code cannot rebuild.
     """
-    fixed_lambda = fixed_lambda_of(path)
     arrays = read_pickle(path, data)
     layers, features = _infer_layers(path, arrays)
     net_options = dict(layers=layers, **_CONFIG_BY_FEATURES[features])
@@ -425,11 +364,6 @@ def load(path, data=None):
     net = "CoordinateWiseDeepLSTM"
     if fixed_lambda is not None:
         net = "FixedLambdaDeepLSTM"
-        net_options["fixed_lambda"] = fixed_lambda
-    weights, input_size = {}, features
-    for i, hidden in enumerate(layers, start=1):
-        module = arrays[f"lstm_{i}"]
-        weights[f"lstm_{i}"] = convert_lstm(module["w_gates"], module["b_gates"], input_size)
-        input_size = hidden
-    weights["linear"] = dict(arrays["linear"])
-    return networks.SavedNetwork(net, net_options, weights)
+        net_options["fixed_lambda"] = float(fixed_lambda)
+    # `networks` builds Sonnet 1's LSTM, so the arrays are the weights as they are.
+    return net, net_options, {module: dict(variables) for module, variables in arrays.items()}

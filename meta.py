@@ -7,19 +7,27 @@ is the sum of the optimizee's losses at every iterate. `meta_minimize` adds an A
 networks' weights: truncated backpropagation through time, since each call continues the epoch
 where the previous one stopped (parameters and network states carried, gradient stopped).
 
-One call is one compiled function around the whole unroll (forward, meta-gradient and update),
-with no Python between optimizee steps.
+`unroll` is that computation as one function over explicit state: the problem, the networks'
+pure steps, their weights (read once per unroll) and a `Carry`. `Unroll` compiles it (forward,
+meta-gradient and update in one function, no Python between optimizee steps) and drives it
+through an epoch; `run_epoch` runs whole epochs.
 """
 
-import functools
 import os
+import time
 from typing import Any, Dict, List, NamedTuple
 
-import numpy as np
-import sonnet as snt
-import tensorflow as tf
+from absl import logging
 
-import networks
+import util
+util.import_tensorflow()
+
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+import sonnet as snt  # noqa: E402  pylint: disable=wrong-import-position
+import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
+
+import networks  # noqa: E402  pylint: disable=wrong-import-position
+import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_NET_CONFIG = {
     "coordinatewise": {
@@ -43,10 +51,52 @@ def default_mode(training=True):
     return "graph" if training else "xla"
 
 
+def check_learning_rate(learning_rate, what="learning_rate"):
+    """The one check of a learning rate: a finite number above zero."""
+    if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.number))
+            or not np.isfinite(learning_rate) or not learning_rate > 0):
+        raise ValueError(f"{what} must be positive (and finite), got {learning_rate!r}.")
+    return float(learning_rate)
+
+
+def check_unroll(unroll_length, mode, training):
+    """Validated `(unroll_length, mode)`; None picks `default_mode(training)`."""
+    if isinstance(unroll_length, bool) or int(unroll_length) != unroll_length or unroll_length < 1:
+        raise ValueError(f"unroll_length must be a whole number >= 1, got {unroll_length!r}.")
+    mode = mode or default_mode(training)
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
+    return int(unroll_length), mode
+
+
+def compile_fn(fn, mode):
+    """`fn` as it runs in `mode`: itself (eager) or a `tf.function`, with XLA for "xla"."""
+    if mode == "eager":
+        return fn
+    # No autograph: the unroll has no Python control flow that depends on tensors.
+    return tf.function(fn, jit_compile=mode == "xla", autograph=False)
+
+
+def while_steps(length, body, loop_vars):
+    """`loop_vars = body(position, *loop_vars)` for position 0 .. length - 1, in a while loop.
+
+    One traced step: tracing and compilation cost the same for any length, and backpropagation
+    through it keeps each step's values for the backward pass as a static unroll would.
+    """
+    def step(position, *values):
+        return (position + 1,) + tuple(body(position, *values))
+
+    result = tf.while_loop(lambda position, *_: position < length, step,
+                           (tf.constant(0),) + tuple(loop_vars), maximum_iterations=length)
+    return result[1:]
+
+
+# -- The unroll as a function over explicit state ---------------------------------------------
+
 class Carry(NamedTuple):
     """What one unroll hands to the next within an epoch."""
     params: List[tf.Tensor]  # The optimizee's parameters.
-    states: List[Any]  # One state per network group (see `MetaOptimizer._plan`).
+    states: List[Any]  # One state per network group (see `_plan`).
     step: tf.Tensor  # int32: optimizee steps taken so far in this epoch.
     seed: tf.Tensor  # int32 [2]: the epoch's seed, from which all its data is drawn.
 
@@ -58,12 +108,8 @@ class UnrollResult(NamedTuple):
     lambdas: Dict[str, tf.Tensor]  # Lambda networks: [mean, min, max] of lambda over the unroll.
     applied: tf.Tensor  # bool: the meta-update was applied (False when it was not finite).
 
-    @property
-    def final_loss(self):
-        return self.losses[-1]
 
-
-class _Group(NamedTuple):
+class Group(NamedTuple):
     """One network and the parameters it optimizes."""
     key: str
     net: networks.Network
@@ -71,14 +117,164 @@ class _Group(NamedTuple):
     batched: bool  # All coordinates of all its parameters go through one network call.
 
 
-def saved_file_name(key, net):
-    """The file a network is saved to: `cw.l2l`, `cwfixed0.01.l2l`, `cwlearned.l2l`, ..."""
-    if isinstance(net, networks.FixedLambdaDeepLSTM):
-        return f"{key}fixed{float(net.options['fixed_lambda'])!r}.l2l"
-    if isinstance(net, networks.LearnedLambdaDeepLSTM):
-        return f"{key}learned.l2l"
-    return f"{key}.l2l"
+def _flat(tensors):
+    if len(tensors) == 1:
+        return tf.reshape(tensors[0], [-1])
+    return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
+
+def _unflat(flat, like):
+    if len(like) == 1:
+        return [tf.reshape(flat, like[0].shape)]
+    parts = tf.split(flat, [t.shape.num_elements() for t in like])
+    return [tf.reshape(p, t.shape) for p, t in zip(parts, like)]
+
+
+def initial_states(groups, params):
+    """The networks' zero states for `params`, one entry per group."""
+    states = []
+    for group in groups:
+        group_params = [params[i] for i in group.indices]
+        if group.batched:
+            states.append(group.net.initial_state_for_inputs(_flat(group_params)))
+        else:
+            states.append([group.net.initial_state_for_inputs(p) for p in group_params])
+    return states
+
+
+def loss_and_gradients(problem, params, data, second_derivatives=False):
+    """The optimizee's loss and its gradients (constants unless `second_derivatives`)."""
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = problem.loss(params, data)
+    grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if not second_derivatives:
+        # As the paper: the optimizee's gradients are inputs, not functions of the weights.
+        grads = [tf.stop_gradient(g) for g in grads]
+    return loss, grads
+
+
+def apply_networks(groups, weights, params, grads, states):
+    """One optimizee step of every network: `(next params, next states, lambda statistics)`.
+
+    Each group's network sees the parameters before the step; a parameter of two groups gets
+    both steps, one of none stays as it is (as the original).
+    """
+    next_params, next_states, lambdas = list(params), [], {}
+    for group, state in zip(groups, states):
+        net, group_weights = group.net, weights[group.key]
+        group_params = [params[i] for i in group.indices]
+        group_grads = [grads[i] for i in group.indices]
+        if group.batched:
+            update = net.step(group_weights, _flat(group_grads), state, _flat(group_params))
+            steps = _unflat(update.step, group_params)
+            next_states.append(update.next_state)
+            group_lambdas = [update.lambda_]
+        else:
+            updates = [net.step(group_weights, g, s, p)
+                       for g, s, p in zip(group_grads, state, group_params)]
+            steps = [u.step for u in updates]
+            next_states.append([u.next_state for u in updates])
+            group_lambdas = [u.lambda_ for u in updates]
+        for i, step in zip(group.indices, steps):
+            next_params[i] = next_params[i] + step
+        if net.has_lambda:
+            values = tf.concat([tf.reshape(lam, [-1]) for lam in group_lambdas], axis=0)
+            lambdas[group.key] = tf.stack([tf.reduce_mean(values), tf.reduce_min(values),
+                                           tf.reduce_max(values)])
+    return next_params, next_states, lambdas
+
+
+def unroll(problem, groups, weights, carry, length, meta_objective="train",
+           second_derivatives=False, state_reset_period=0):
+    """Runs `length` optimizee steps from `carry`; pure (reads only its arguments).
+
+    Args:
+      problem: a `problems.Problem`.
+      groups: the networks and their parameters (`MetaOptimizer.plan`).
+      weights: `{group key: net.step_weights()}`.
+      carry: where the previous unroll of the epoch stopped (or `Unroll`'s initial carry).
+      length: optimizee steps.
+      meta_objective: "train" sums the losses the optimizee steps on; "validation" the losses
+        on held-out batches at the same iterates.
+      second_derivatives: backpropagate through the optimizee's gradients too.
+      state_reset_period: zero the networks' states every that many steps of the epoch (0:
+        never).
+
+    Returns:
+      `(meta_loss, losses [length + 1], lambdas {key: [mean, min, max]}, next carry)`.
+    """
+    validation = meta_objective == "validation"
+    lambda_keys = [g.key for g in groups if g.net.has_lambda]
+    dtype = carry.params[0].dtype if carry.params else tf.float32
+
+    def objective_at(params, step, loss):
+        if not validation:
+            return loss
+        return problem.loss(params, problem.sample_validation(carry.seed, step))
+
+    def body(position, params, states, losses, objective, lambda_acc):
+        step = carry.step + position
+        loss, grads = loss_and_gradients(problem, params, problem.sample(carry.seed, step),
+                                         second_derivatives)
+        objective += objective_at(params, step, loss)
+        if state_reset_period:
+            due = tf.equal(step % state_reset_period, 0)
+            states = tf.nest.map_structure(lambda zero, s: tf.where(due, zero, s),
+                                           initial_states(groups, params), states)
+        params, states, lambdas = apply_networks(groups, weights, params, grads, states)
+        lambda_acc = {key: tf.stack([acc[0] + lambdas[key][0],
+                                     tf.minimum(acc[1], lambdas[key][1]),
+                                     tf.maximum(acc[2], lambdas[key][2])])
+                      for key, acc in lambda_acc.items()}
+        return params, states, losses.write(position, loss), objective, lambda_acc
+
+    params, states, losses, objective, lambda_acc = while_steps(length, body, (
+        list(carry.params), list(carry.states), tf.TensorArray(dtype, size=length + 1),
+        tf.zeros([], dtype), {key: tf.constant([0.0, np.inf, -np.inf], dtype)
+                              for key in lambda_keys}))
+    step = carry.step + length
+    final = problem.loss(params, problem.sample(carry.seed, step))
+    objective += objective_at(params, step, final)
+    lambdas = {key: tf.stack([acc[0] / length, acc[1], acc[2]])
+               for key, acc in lambda_acc.items()}
+    return (objective, losses.write(length, final).stack(), lambdas,
+            Carry(params, states, step, carry.seed))
+
+
+def plan(nets, names, net_assignments=None, batch_coordinates=True):
+    """The groups of `unroll`: which network steps which of the problem's parameters.
+
+    `net_assignments` is `[(net key, [parameter names])]`, or None with a single network (which
+    then steps every parameter). As the original: a parameter assigned to no network stays
+    constant (and is logged), one assigned to two gets both networks' steps.
+    """
+    if net_assignments is None:
+        if len(nets) != 1:
+            raise ValueError(f"net_assignments is needed with several networks ({sorted(nets)}).")
+        net_assignments = [(next(iter(nets)), list(names))]
+    groups, assigned = [], set()
+    for key, var_names in net_assignments:
+        if key not in nets:
+            raise ValueError(f"Unknown network {key!r} in net_assignments; "
+                             f"the networks are {sorted(nets)}.")
+        if any(group.key == key for group in groups):
+            raise ValueError(f"Network {key!r} appears twice in net_assignments.")
+        for name in var_names:
+            if name not in names:
+                raise ValueError(f"Unknown variable {name!r} in net_assignments; "
+                                 f"the problem's variables are {list(names)}.")
+        assigned.update(var_names)
+        net = nets[key]
+        groups.append(Group(key, net, [names.index(n) for n in var_names],
+                            batch_coordinates and net.coordinatewise))
+    frozen = [n for n in names if n not in assigned]
+    if frozen:
+        logging.warning("Variables %s are assigned to no network and stay constant.", frozen)
+    return [g for g in groups if g.indices]
+
+
+# -- The meta-optimizer -------------------------------------------------------------------------
 
 class MetaOptimizer(snt.Module):
     """Learning to learn (meta)optimizer over named networks.
@@ -113,7 +309,8 @@ class MetaOptimizer(snt.Module):
         os.makedirs(path, exist_ok=True)
         paths = []
         for key, net in self._nets.items():
-            paths.append(os.path.join(path, saved_file_name(key, net)))
+            name = weights_file.network_file_name(key, type(net).__name__, net.options)
+            paths.append(os.path.join(path, name))
             networks.save(net, paths[-1], metadata)
         return paths
 
@@ -126,57 +323,14 @@ class MetaOptimizer(snt.Module):
         return Unroll(self, problem, unroll_length, net_assignments, second_derivatives,
                       learning_rate=None, **options)
 
-    def meta_minimize(self, problem, unroll_length, learning_rate=0.001, net_assignments=None,
+    def meta_minimize(self, problem, unroll_length, learning_rate=0.01, net_assignments=None,
                       second_derivatives=False, **options):
-        """An `Unroll` whose every call also takes an Adam step on the networks' weights."""
-        if learning_rate is None or not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+        """An `Unroll` whose every call also takes an Adam step on the networks' weights.
+
+        The default learning rate is the original's (train.py's flag defaults to 0.001).
+        """
         return Unroll(self, problem, unroll_length, net_assignments, second_derivatives,
-                      learning_rate=learning_rate, **options)
-
-
-def _plan(nets, names, net_assignments, batch_coordinates):
-    """Checks `net_assignments` against the networks and the problem's parameter names."""
-    if net_assignments is None:
-        if len(nets) != 1:
-            raise ValueError(f"net_assignments is needed with several networks ({sorted(nets)}).")
-        net_assignments = [(next(iter(nets)), list(names))]
-    assigned, groups = {}, []
-    for key, var_names in net_assignments:
-        if key not in nets:
-            raise ValueError(f"Unknown network {key!r} in net_assignments; "
-                             f"the networks are {sorted(nets)}.")
-        if any(group.key == key for group in groups):
-            raise ValueError(f"Network {key!r} appears twice in net_assignments.")
-        for name in var_names:
-            if name not in names:
-                raise ValueError(f"Unknown variable {name!r} in net_assignments; "
-                                 f"the problem's variables are {list(names)}.")
-            if name in assigned:
-                raise ValueError(f"Variable {name!r} is assigned to both networks "
-                                 f"{assigned[name]!r} and {key!r}.")
-            assigned[name] = key
-        net = nets[key]
-        groups.append(_Group(key, net, [names.index(n) for n in var_names],
-                             batch_coordinates and net.coordinatewise))
-    uncovered = [n for n in names if n not in assigned]
-    if uncovered:
-        raise ValueError(f"Variables {uncovered} are not assigned to any network "
-                         f"in net_assignments.")
-    return [g for g in groups if g.indices]
-
-
-def _flat(tensors):
-    if len(tensors) == 1:
-        return tf.reshape(tensors[0], [-1])
-    return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
-
-
-def _unflat(flat, like):
-    if len(like) == 1:
-        return [tf.reshape(flat, like[0].shape)]
-    parts = tf.split(flat, [t.shape.num_elements() for t in like])
-    return [tf.reshape(p, t.shape) for p, t in zip(parts, like)]
+                      learning_rate=check_learning_rate(learning_rate), **options)
 
 
 class Unroll:
@@ -202,15 +356,14 @@ class Unroll:
           learning_rate: the meta-optimizer's Adam learning rate; None runs without updates.
           state_reset_period: re-initialize the network states every that many optimizee steps;
             0 only at `reset` (the DeepMind original).
-          meta_objective: "train" sums the losses the optimizee steps on; "validation" sums the
-            losses on held-out batches at the same iterates.
+          meta_objective: "train" or "validation" (see `unroll`).
           mode: "eager", "graph" (tf.function) or "xla" (tf.function with jit_compile); None
             picks `default_mode()` for meta-training or evaluation.
           batch_coordinates: feed all coordinates of a coordinatewise network's parameters
             through one call (same numbers, faster) instead of one call per parameter.
         """
-        if int(unroll_length) < 1:
-            raise ValueError(f"unroll_length must be >= 1, got {unroll_length}.")
+        self.unroll_length, self.mode = check_unroll(unroll_length, mode,
+                                                     training=learning_rate is not None)
         if int(state_reset_period) < 0:
             raise ValueError(f"state_reset_period must be >= 0, got {state_reset_period}.")
         if meta_objective not in META_OBJECTIVES:
@@ -219,30 +372,25 @@ class Unroll:
         if meta_objective == "validation" and problem.sample_validation is None:
             raise ValueError("meta_objective 'validation' needs a problem with held-out data; "
                              "this problem has none (use meta_objective 'train').")
-        mode = mode or default_mode(training=learning_rate is not None)
-        if mode not in MODES:
-            raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
         self.problem = problem
-        self.unroll_length = int(unroll_length)
-        self.mode = mode
-        self._second_derivatives = bool(second_derivatives)
-        self._state_reset_period = int(state_reset_period)
-        self._validation = meta_objective == "validation"
-        self._groups = _plan(meta.nets, tuple(problem.names), net_assignments, batch_coordinates)
-        self._variables = [v for g in self._groups for v in g.net.trainable_variables]
+        self._options = dict(meta_objective=meta_objective,
+                             second_derivatives=bool(second_derivatives),
+                             state_reset_period=int(state_reset_period))
+        self._groups = plan(meta.nets, tuple(problem.names), net_assignments, batch_coordinates)
+        _build_networks(self._groups, problem)
+        self._variables = _unique([v for g in self._groups for v in g.net.trainable_variables])
         self.optimizer = None
         if learning_rate is not None:
             if not self._variables:
                 raise ValueError("meta_minimize needs a network with trainable weights; "
                                  "these networks have none.")
             self.optimizer = snt.optimizers.Adam(learning_rate)
-        body = self._minimize_step if self.optimizer else self._loss_step
-        if mode == "eager":
-            self._reset_fn, self._step_fn = self._initial_carry, body
-        else:
-            # No autograph: the unroll has no Python control flow that depends on tensors.
-            compile_ = functools.partial(tf.function, jit_compile=mode == "xla", autograph=False)
-            self._reset_fn, self._step_fn = compile_(self._initial_carry), compile_(body)
+        # The start of an epoch runs once per epoch: never under XLA, whose float random
+        # numbers differ from the graph's (e.g. Keras initializers), so every mode starts alike.
+        self._reset_fn = compile_fn(self._initial_carry, "eager" if self.mode == "eager"
+                                    else "graph")
+        self._step_fn = compile_fn(self._minimize_step if self.optimizer else self._loss_step,
+                                   self.mode)
         self.carry = None
 
     @property
@@ -262,106 +410,19 @@ class Unroll:
 
     # -- Compiled pieces --------------------------------------------------------------------
 
-    def _initial_states(self, params):
-        states = []
-        for group in self._groups:
-            group_params = [params[i] for i in group.indices]
-            if group.batched:
-                states.append(group.net.initial_state_for_inputs(_flat(group_params)))
-            else:
-                states.append([group.net.initial_state_for_inputs(p) for p in group_params])
-        return states
-
     def _initial_carry(self, seed):
         params = [tf.convert_to_tensor(p) for p in self.problem.init(seed)]
         if len(params) != len(self.problem.names):
             raise ValueError(f"The problem made {len(params)} parameters for "
                              f"{len(self.problem.names)} names.")
-        return Carry(params, self._initial_states(params), tf.constant(0, tf.int32), seed)
-
-    def _loss_and_gradients(self, params, data):
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            loss = self.problem.loss(params, data)
-        grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        if not self._second_derivatives:
-            # As the paper: the optimizee's gradients are inputs, not functions of the weights.
-            grads = [tf.stop_gradient(g) for g in grads]
-        return loss, grads
-
-    def _reset_states(self, states, params, step):
-        """Zero states where `step` is a multiple of the reset period (a no-op at step 0)."""
-        period = self._state_reset_period
-        if not period:
-            return states
-        zeros = self._initial_states(params)
-        due = tf.equal(step % period, 0)
-        return tf.nest.map_structure(lambda z, s: tf.where(due, z, s), zeros, states)
-
-    def _apply_networks(self, params, grads, states):
-        params, next_states, lambdas = list(params), [], {}
-        for group, state in zip(self._groups, states):
-            group_params = [params[i] for i in group.indices]
-            group_grads = [grads[i] for i in group.indices]
-            if group.batched:
-                update = group.net.update(_flat(group_grads), state, _flat(group_params))
-                steps = _unflat(update.step, group_params)
-                next_states.append(update.next_state)
-                group_lambdas = [update.lambda_]
-            else:
-                updates = [group.net.update(g, s, p)
-                           for g, s, p in zip(group_grads, state, group_params)]
-                steps = [u.step for u in updates]
-                next_states.append([u.next_state for u in updates])
-                group_lambdas = [u.lambda_ for u in updates]
-            for i, step in zip(group.indices, steps):
-                params[i] = params[i] + step
-            if group_lambdas[0] is not None:
-                values = tf.concat([tf.reshape(lam, [-1]) for lam in group_lambdas], axis=0)
-                lambdas[group.key] = tf.stack([tf.reduce_mean(values), tf.reduce_min(values),
-                                               tf.reduce_max(values)])
-        return params, next_states, lambdas
+        return Carry(params, initial_states(self._groups, params), tf.constant(0, tf.int32),
+                     seed)
 
     def _unroll(self, carry):
-        """Runs `unroll_length` optimizee steps; returns `(meta_loss, losses, lambdas, carry)`.
-
-        A `tf.while_loop` over one traced step: tracing and compilation cost the same for any
-        unroll length, and backpropagation through it keeps each step's values for the backward
-        pass as a static unroll would.
-        """
-        length = self.unroll_length
-        lambda_keys = [g.key for g in self._groups if g.net.has_lambda]
-        dtype = carry.params[0].dtype if carry.params else tf.float32
-
-        def body(position, params, states, losses, objective, lambda_acc):
-            step = carry.step + position
-            loss, grads = self._loss_and_gradients(params, self.problem.sample(carry.seed, step))
-            losses = losses.write(position, loss)
-            objective += (self._held_out_loss(params, carry.seed, step) if self._validation
-                          else loss)
-            states = self._reset_states(states, params, step)
-            params, states, lambdas = self._apply_networks(params, grads, states)
-            lambda_acc = {key: tf.stack([acc[0] + lambdas[key][0],
-                                         tf.minimum(acc[1], lambdas[key][1]),
-                                         tf.maximum(acc[2], lambdas[key][2])])
-                          for key, acc in lambda_acc.items()}
-            return position + 1, params, states, losses, objective, lambda_acc
-
-        loop_vars = (tf.constant(0), list(carry.params), list(carry.states),
-                     tf.TensorArray(dtype, size=length + 1), tf.zeros([], dtype),
-                     {key: tf.constant([0.0, np.inf, -np.inf], dtype) for key in lambda_keys})
-        _, params, states, losses, objective, lambda_acc = tf.while_loop(
-            lambda position, *_: position < length, body, loop_vars, maximum_iterations=length)
-        step = carry.step + length
-        final = self.problem.loss(params, self.problem.sample(carry.seed, step))
-        objective += self._held_out_loss(params, carry.seed, step) if self._validation else final
-        lambdas = {key: tf.stack([acc[0] / length, acc[1], acc[2]])
-                   for key, acc in lambda_acc.items()}
-        return (objective, losses.write(length, final).stack(), lambdas,
-                Carry(params, states, step, carry.seed))
-
-    def _held_out_loss(self, params, seed, step):
-        return self.problem.loss(params, self.problem.sample_validation(seed, step))
+        # The weights are read once: every step of the unroll uses these tensors.
+        weights = {g.key: g.net.step_weights() for g in self._groups}
+        return unroll(self.problem, self._groups, weights, carry, self.unroll_length,
+                      **self._options)
 
     def _loss_step(self, carry):
         meta_loss, losses, lambdas, carry = self._unroll(carry)
@@ -386,6 +447,26 @@ class Unroll:
         return UnrollResult(meta_loss, losses, lambdas, applied), carry
 
 
+def _unique(variables):
+    """Variables in order, each once (a network may step several groups' parameters)."""
+    seen, result = set(), []
+    for v in variables:
+        if v.ref() not in seen:
+            seen.add(v.ref())
+            result.append(v)
+    return result
+
+
+def _build_networks(groups, problem):
+    """Creates the variables of networks that wait for their input size (StandardDeepLSTM)."""
+    unbuilt = [g for g in groups if not getattr(g.net, "built", True)]
+    if unbuilt:
+        params = problem.init(tf.zeros([2], tf.int32))  # Only the shapes matter.
+        initial_states(unbuilt, params)
+
+
+# -- Hand-designed optimizers run like the learned ones -----------------------------------------
+
 BASELINES = ("Adam", "RMSprop", "SGD", "NAG")
 
 
@@ -393,8 +474,7 @@ def baseline_optimizer(name, learning_rate):
     """TensorFlow's own optimizer `name` (Keras), with the paper-era epsilon for Adam."""
     if name not in BASELINES:
         raise ValueError(f"Unknown baseline optimizer {name!r}; expected one of {BASELINES}.")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+    learning_rate = check_learning_rate(learning_rate)
     optimizers = tf.keras.optimizers
     if name == "Adam":
         return optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
@@ -415,26 +495,17 @@ class BaselineUnroll:
     """
 
     def __init__(self, problem, optimizer_name, learning_rate, unroll_length, mode=None):
-        if int(unroll_length) < 1:
-            raise ValueError(f"unroll_length must be >= 1, got {unroll_length}.")
-        mode = mode or default_mode(training=False)
-        if mode not in MODES:
-            raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
+        self.unroll_length, self.mode = check_unroll(unroll_length, mode, training=False)
         self.problem = problem
-        self.unroll_length = int(unroll_length)
-        self.mode = mode
         self.optimizer = baseline_optimizer(optimizer_name, learning_rate)
         self.learning_rate = float(learning_rate)
         self._params, self._initial_slots = None, None
         self._seed, self._step = None, None
-        self._step_fn = (self._run if mode == "eager"
-                         else tf.function(self._run, jit_compile=mode == "xla", autograph=False))
+        self._step_fn = compile_fn(self._run, mode=self.mode)
 
     def set_learning_rate(self, learning_rate):
         """Takes effect from the next `reset`, like the rest of the optimizer's state."""
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
-        self.learning_rate = float(learning_rate)
+        self.learning_rate = check_learning_rate(learning_rate)
 
     def reset(self, seed):
         self._seed = tf.constant(seed, tf.int32, shape=[2])
@@ -460,7 +531,7 @@ class BaselineUnroll:
         return result
 
     def _run(self, seed, first_step):
-        """`unroll_length` steps as a `tf.while_loop` over one traced step (see `Unroll`)."""
+        """`unroll_length` steps of the optimizer on the problem's batches."""
         def body(position, losses):
             data = self.problem.sample(seed, first_step + position)
             with tf.GradientTape() as tape:
@@ -468,19 +539,19 @@ class BaselineUnroll:
             grads = tape.gradient(loss, self._params,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
             self.optimizer.apply_gradients(zip(grads, self._params))
-            return position + 1, losses.write(position, loss)
+            return (losses.write(position, loss),)
 
         dtype = self._params[0].dtype
-        _, losses = tf.while_loop(
-            lambda position, _: position < self.unroll_length, body,
-            (tf.constant(0), tf.TensorArray(dtype, size=self.unroll_length + 1)),
-            maximum_iterations=self.unroll_length)
+        losses, = while_steps(self.unroll_length, body,
+                              (tf.TensorArray(dtype, size=self.unroll_length + 1),))
         step = first_step + self.unroll_length
         losses = losses.write(self.unroll_length,
                               self.problem.loss(self._params, self.problem.sample(seed, step)))
         losses = losses.stack()
         return UnrollResult(tf.reduce_sum(losses), losses, {}, tf.constant(True))
 
+
+# -- Epochs -------------------------------------------------------------------------------------
 
 def num_unrolls(num_steps, unroll_length):
     """Unrolls per epoch; `unroll_length` must divide `num_steps`."""
@@ -489,3 +560,64 @@ def num_unrolls(num_steps, unroll_length):
                          f"num_steps ({num_steps}).")
     return num_steps // unroll_length
 
+
+def eval_unroll_length(num_steps, longest=100):
+    """Optimizee steps per compiled call when no meta-gradient is needed: the largest divisor of
+    `num_steps` up to `longest` (long static unrolls cost trace time, short ones Python calls)."""
+    return max(d for d in range(1, min(num_steps, longest) + 1) if num_steps % d == 0)
+
+
+# Seed streams: epochs of meta-training, of evaluation during training, and of evaluate.py never
+# share data.
+TRAIN, VALIDATION, TEST = 0, 1, 2
+
+
+def epoch_seed(seed, stream, index):
+    """The stateless seed (two int32) of epoch `index` of a stream."""
+    state = np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(2)
+    return state.view(np.int32)  # The same 64 bits, as the int32 pair stateless ops take.
+
+
+class EpochResult(NamedTuple):
+    time: float  # Wall seconds.
+    final_loss: float  # The optimizee's loss at the last iterate.
+    history: np.ndarray  # [steps run]: the loss after each optimizee step.
+    results: List  # The `UnrollResult` of every unroll run.
+    finite: bool  # Every meta-update was finite (so applied); else the epoch stopped there.
+
+    @property
+    def meta_loss(self):
+        """Mean meta-loss of the epoch's unrolls."""
+        return float(np.mean([r.meta_loss.numpy() for r in self.results]))
+
+
+def run_epoch(unroll, num_unrolls, seed):
+    """One epoch: `reset(seed)` then `num_unrolls` unrolls; synchronised before the clock stops.
+
+    An unroll whose meta-update was skipped as non-finite ends the epoch early (`finite` False):
+    its optimizee has left the region where the networks make sense, so the next epoch resets it.
+    """
+    start = time.perf_counter()
+    unroll.reset(seed)
+    results, losses = [], []
+    for _ in range(num_unrolls):
+        results.append(unroll())
+        losses.append(results[-1].losses.numpy())
+        if not results[-1].applied.numpy():
+            break
+    elapsed = time.perf_counter() - start
+    # losses[k][0] is the loss at the iterate the previous unroll ended on: count it once.
+    history = np.concatenate([l[1:] for l in losses])
+    finite = bool(results[-1].applied.numpy()) and bool(np.all(np.isfinite(history)))
+    return EpochResult(elapsed, float(losses[-1][-1]), history, results, finite)
+
+
+def lambda_stats(results):
+    """`{net: (mean, min, max)}` of lambda over unroll results, for the lambda networks."""
+    per_net = {}
+    for result in results:
+        for key, stats in result.lambdas.items():
+            per_net.setdefault(key, []).append(np.asarray(stats))
+    return {key: (float(np.mean([s[0] for s in values])), float(min(s[1] for s in values)),
+                  float(max(s[2] for s in values)))
+            for key, values in per_net.items()}

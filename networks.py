@@ -1,29 +1,41 @@
-"""Optimizer networks (Andrychowicz et al., 2016) as Sonnet 2 modules.
+"""Optimizer networks (Andrychowicz et al., 2016): Sonnet 2 modules over pure step functions.
 
-Every network is a recurrent core that maps the gradient of a parameter and its previous state to
-the step the meta-optimizer adds to that parameter (`x_next = x + step`) and its next state.
-The learned ones are deep LSTMs; `Sgd` and `Adam` are hand-designed baselines with the same
+Every network maps the gradient of a parameter and its previous state to the step added to that
+parameter (`x_next = x + step`) and its next state. Its arithmetic is one pure function,
+
+    net.step(weights, gradients, state, params) -> Update(step, next_state, lambda_)
+
+of explicit tensors only: `weights` is a plain structure of tensors (`net.step_weights()` reads
+the module's variables into it), `state` a tuple of tensors, and `step` reads nothing else; the
+module's static options (layer sizes, preprocessing, scale) are fixed at construction. So the
+same function serves a compiled unroll (weights read once per unroll), a Keras optimizer
+(frozen weights), a vectorised meta-batch and a rematerialised backward pass (see Sonnet 2's
+`_lstm_fn` beside `snt.LSTM`, and optax's `update`). `net.update(g, s, p)` is the same step with
+the module's own variables.
+
+The learned networks are deep LSTMs; `Sgd` and `Adam` are hand-designed baselines with the same
 interface; the lambda networks add `lambda * x` to the LSTM's step
-(`x_next = x + delta + lambda * x`).
-
-Weights are saved in a zip of arrays with a JSON header (never a pickle), which records the
-network class and options so that a load can check that the file fits the network.
+(`x_next = x + delta + lambda * x`). The LSTM is Sonnet 1's, as the original's: one weight matrix
+`w_gates` over `[inputs, hidden]` and one bias `b_gates`, gates in the order (i, j, f, o), the
+forget bias (1.0) added at run time, every weight drawn from a truncated normal of stddev
+`1/sqrt(inputs + hidden)`.
 """
 
-import io
-import json
-import os
-import tempfile
-import zipfile
+import math
 from typing import Any, NamedTuple, Optional
 
-import numpy as np
-import sonnet as snt
-import tensorflow as tf
+import util
+util.import_tensorflow()  # Before Sonnet imports TensorFlow, so that it starts quietly.
 
-FORMAT_NAME = "l2l-weights"
-FORMAT_VERSION = 1
-_HEADER_KEY = "__header__"
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+import sonnet as snt  # noqa: E402  pylint: disable=wrong-import-position
+import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
+
+import weights_file  # noqa: E402  pylint: disable=wrong-import-position
+
+# Bounds on sizes a configuration or a file may ask for, checked before anything is built.
+MAX_UNITS = 4096
+MAX_KERNEL_ELEMENTS = 4096
 
 
 class Update(NamedTuple):
@@ -33,44 +45,60 @@ class Update(NamedTuple):
     lambda_: Optional[tf.Tensor] = None  # The lambda used (lambda networks only), for logging.
 
 
+class LSTMState(NamedTuple):
+    """One LSTM layer's state: `[batch, units]` (rows) or `[units, coordinates]` (columns)."""
+    hidden: tf.Tensor
+    cell: tf.Tensor
+
+
 # -- Gradient preprocessing ---------------------------------------------------------------------
 
+def clamp(inputs, min_value=None, max_value=None):
+    """`inputs` clipped to `[min_value, max_value]`; either bound may be None."""
+    output = inputs
+    if min_value is not None:
+        output = tf.maximum(output, tf.cast(min_value, inputs.dtype))
+    if max_value is not None:
+        output = tf.minimum(output, tf.cast(max_value, inputs.dtype))
+    return output
+
+
+def log_and_sign(gradients, k):
+    """The paper's preprocessing (appendix A): `[..., 1] -> [..., 2]`.
+
+    `[max(log(|g| + eps) / k, -1), clip(g * exp(k), -1, 1)]`: a magnitude on a log scale and a
+    sign that is linear for tiny gradients, so that the LSTM sees inputs of order one whatever
+    the scale of the gradient.
+    """
+    eps = np.finfo(gradients.dtype.as_numpy_dtype).eps
+    log = tf.math.log(tf.abs(gradients) + eps)
+    clamped_log = clamp(log / k, min_value=-1.0)
+    sign = clamp(gradients * np.exp(k), min_value=-1.0, max_value=1.0)
+    return tf.concat([clamped_log, sign], axis=-1)
+
+
 class Clamp(snt.Module):
-    """Clips its input to `[min_value, max_value]`; either bound may be None."""
+    """`clamp` as a module (the original's preprocessing class)."""
 
     def __init__(self, min_value=None, max_value=None, name="clamp"):
         super().__init__(name=name)
         self._min, self._max = min_value, max_value
 
     def __call__(self, inputs):
-        output = inputs
-        if self._min is not None:
-            output = tf.maximum(output, tf.cast(self._min, inputs.dtype))
-        if self._max is not None:
-            output = tf.minimum(output, tf.cast(self._max, inputs.dtype))
-        return output
+        return clamp(inputs, self._min, self._max)
 
 
 class LogAndSign(snt.Module):
-    """Gradient preprocessing of the paper's appendix A; `[..., 1] -> [..., 2]`.
-
-    Features `[max(log(|g| + eps) / k, -1), clip(g * exp(k), -1, 1)]`: a magnitude feature on a log
-    scale and a sign feature that is linear for tiny gradients, so that the LSTM sees inputs of
-    order one whatever the scale of the gradient.
-    """
+    """`log_and_sign` as a module (the original's preprocessing class)."""
 
     def __init__(self, k, name="log_and_sign"):
         super().__init__(name=name)
-        if k <= 0:
-            raise ValueError(f"LogAndSign needs k > 0, got {k}.")
+        if not _is_number(k) or not k > 0 or not math.isfinite(k):
+            raise ValueError(f"LogAndSign needs a finite k > 0, got {k!r}.")
         self._k = float(k)
 
     def __call__(self, gradients):
-        eps = np.finfo(gradients.dtype.as_numpy_dtype).eps
-        log = tf.math.log(tf.abs(gradients) + eps)
-        clamped_log = Clamp(min_value=-1.0)(log / self._k)
-        sign = Clamp(min_value=-1.0, max_value=1.0)(gradients * np.exp(self._k))
-        return tf.concat([clamped_log, sign], axis=-1)
+        return log_and_sign(gradients, self._k)
 
 
 PREPROCESSORS = {"identity": (tf.identity, 1), "Clamp": (Clamp, 1), "LogAndSign": (LogAndSign, 2)}
@@ -78,54 +106,114 @@ PREPROCESSORS = {"identity": (tf.identity, 1), "Clamp": (Clamp, 1), "LogAndSign"
 
 def _make_preprocess(name, options):
     """Returns `(fn, features_per_input)` for a preprocessing name."""
-    if name not in PREPROCESSORS:
+    if not isinstance(name, str) or name not in PREPROCESSORS:
         raise ValueError(f"Unknown preprocess_name {name!r}; "
                          f"expected one of {sorted(PREPROCESSORS)}.")
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"preprocess_options must be a dict, got {options!r}.")
     fn, features = PREPROCESSORS[name]
     if name == "identity":
         if options:
             raise ValueError(f"Preprocessing 'identity' takes no options, got {options}.")
         return fn, features
-    return fn(**(options or {})), features
+    try:
+        return fn(**(options or {})), features
+    except TypeError as e:
+        raise ValueError(f"Bad preprocess_options for {name}: {e}.") from None
+
+
+# -- Checking options ---------------------------------------------------------------------------
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _finite(name, value):
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _sizes(name, values, upper, allow_empty=True):
+    if not isinstance(values, (list, tuple)) or (not values and not allow_empty):
+        raise ValueError(f"{name} must be a list of integers, got {values!r}.")
+    sizes = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if not (_is_number(value) and math.isfinite(value) and value == int(value)):
+                raise ValueError(f"{name} must be whole numbers, got {list(values)!r}.")
+        if not 1 <= value <= upper:
+            raise ValueError(f"{name} must lie in [1, {upper}], got {list(values)!r}.")
+        sizes.append(int(value))
+    return tuple(sizes)
 
 
 # -- Initializers -------------------------------------------------------------------------------
 
 class _ArrayInitializer(snt.initializers.Initializer):
-    """Initializes a variable with given values; a shape mismatch is a clear error."""
+    """Values from an array, filled to shape as TF1's `tf.constant_initializer` did.
+
+    An array of the variable's size is reshaped to it; a smaller one fills the variable in
+    row-major order and repeats its last value; a larger one is an error.
+    """
 
     def __init__(self, value, where):
         self._value, self._where = np.asarray(value), where
+        if not np.issubdtype(self._value.dtype, np.number) or self._value.dtype == bool:
+            raise TypeError(f"Initializer of {where} is an array of {self._value.dtype}, not "
+                            f"numbers.")
 
     def __call__(self, shape, dtype):
-        if tuple(self._value.shape) != tuple(shape):
+        size = math.prod(shape)
+        flat = self._value.reshape(-1)
+        if flat.size > size or flat.size == 0:
             raise ValueError(f"Weights {self._where} have shape {tuple(self._value.shape)}; "
-                             f"the network needs {tuple(shape)}.")
-        return tf.constant(self._value, dtype=dtype)
+                             f"the network needs {tuple(shape)}, and {flat.size} values cannot "
+                             f"fill {size}.")
+        if flat.size < size:
+            flat = np.concatenate([flat, np.full(size - flat.size, flat[-1], flat.dtype)])
+        return tf.constant(flat.reshape(shape), dtype=dtype)
+
+
+class _CallableInitializer(snt.initializers.Initializer):
+    """Any `(shape, dtype) -> values` callable: a TensorFlow, Keras or Sonnet initializer."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, shape, dtype):
+        return tf.cast(tf.convert_to_tensor(self._fn(list(shape), dtype=dtype)), dtype)
 
 
 _NAMED_INITIALIZERS = {"zeros": snt.initializers.Zeros, "ones": snt.initializers.Ones}
 
 
 def _convert_initializer(spec, where):
+    """A Sonnet initializer from a name, an array or any initializer callable."""
     if isinstance(spec, str):
-        if spec not in _NAMED_INITIALIZERS:
-            raise ValueError(f"Unknown initializer {spec!r} for {where}; "
-                             f"expected one of {sorted(_NAMED_INITIALIZERS)}, arrays or a dict.")
-        return _NAMED_INITIALIZERS[spec]()
-    if isinstance(spec, (np.ndarray, list, tuple, float, int)):
-        return _ArrayInitializer(spec, where)
+        if spec in _NAMED_INITIALIZERS:
+            return _NAMED_INITIALIZERS[spec]()
+        try:
+            return _CallableInitializer(tf.keras.initializers.get(spec))
+        except ValueError:
+            raise ValueError(f"Unknown initializer {spec!r} for {where}; expected 'zeros', "
+                             f"'ones', a Keras initializer name, an initializer, arrays or a "
+                             f"dict.") from None
     if isinstance(spec, snt.initializers.Initializer):
         return spec
+    if isinstance(spec, (np.ndarray, list, tuple, float, int, np.number)):
+        return _ArrayInitializer(spec, where)
+    if callable(spec):
+        return _CallableInitializer(spec)
     raise TypeError(f"Cannot use {type(spec).__name__} as the initializer of {where}.")
 
 
 def _layer_initializers(initializer, layer, fields):
     """Initializers of one layer's variables, as the original `_get_layer_initializers`.
 
-    `initializer` is None (defaults), one spec for every variable (a name such as "zeros"), a dict
-    of layer name to specs, or a dict of variable name to spec shared by all layers. A spec is a
-    name, an array (e.g. loaded weights) or a Sonnet initializer.
+    `initializer` is None (defaults), one spec for every variable, a dict of layer name to specs,
+    or a dict of variable name to spec shared by all layers that have such a variable (the LSTMs'
+    `w_gates`, `b_gates`; the linear layers' `w`, `b`).
     """
     if initializer is None:
         return {}
@@ -137,9 +225,79 @@ def _layer_initializers(initializer, layer, fields):
     return {f: _convert_initializer(initializer, f"{layer}/{f}") for f in fields}
 
 
-def _gate_initializer(input_size, hidden_size):
-    # Sonnet 1's LSTM default (the original's): one stddev for input and hidden rows alike.
-    return snt.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(input_size + hidden_size))
+# -- Layers -------------------------------------------------------------------------------------
+
+class LSTM(snt.Module):
+    """Sonnet 1's LSTM core as variables: `w_gates` `[inputs + units, 4 units]`, `b_gates`.
+
+    It only owns the variables; `lstm_rows` and `lstm_columns` compute with them.
+    """
+
+    def __init__(self, input_size, units, initializer=None, dtype=tf.float32, name="lstm"):
+        super().__init__(name=name)
+        init = _layer_initializers(initializer, name, ("w_gates", "b_gates"))
+        # Sonnet 1's default for both: truncated normal, one stddev for input and hidden rows.
+        default = snt.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(input_size + units))
+        with self.name_scope:
+            self.w_gates = tf.Variable(
+                init.get("w_gates", default)([input_size + units, 4 * units], dtype),
+                name="w_gates")
+            self.b_gates = tf.Variable(init.get("b_gates", default)([4 * units], dtype),
+                                       name="b_gates")
+
+
+class Linear(snt.Module):
+    """A linear layer's variables `w` `[inputs, outputs]` and `b` `[outputs]`.
+
+    The defaults are Sonnet's: truncated normal of stddev `1/sqrt(inputs)` for `w`, zeros for `b`.
+    """
+
+    def __init__(self, input_size, output_size, initializer=None, w_default=None, b_default=None,
+                 dtype=tf.float32, name="linear"):
+        super().__init__(name=name)
+        init = _layer_initializers(initializer, name, ("w", "b"))
+        w_default = w_default or snt.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(input_size))
+        b_default = b_default or snt.initializers.Zeros()
+        with self.name_scope:
+            self.w = tf.Variable(init.get("w", w_default)([input_size, output_size], dtype),
+                                 name="w")
+            self.b = tf.Variable(init.get("b", b_default)([output_size], dtype), name="b")
+
+
+def _gates(gates, prev_cell, axis):
+    """The LSTM's cell update from pre-activations in Sonnet 1's order (i, j, f, o)."""
+    i, j, f, o = tf.split(gates, 4, axis=axis)
+    cell = tf.sigmoid(f) * prev_cell + tf.sigmoid(i) * tf.tanh(j)
+    return tf.sigmoid(o) * tf.tanh(cell), cell
+
+
+def lstm_rows(w, b, inputs, state):
+    """One LSTM step with a batch row per example: `inputs [batch, in]`, state `[batch, units]`.
+
+    `b` holds the forget bias (see `lstm_weights`).
+    """
+    gates = tf.matmul(tf.concat([inputs, state.hidden], axis=1), w) + b
+    hidden, cell = _gates(gates, state.cell, axis=1)
+    return hidden, LSTMState(hidden, cell)
+
+
+def lstm_columns(w, b, inputs, state):
+    """One LSTM step with a column per coordinate: `inputs [in, n]`, state `[units, n]`.
+
+    The same numbers as `lstm_rows` on the transposes; one matrix product `w^T [x; h]` and gates
+    over contiguous rows, which is faster on a CPU for the many coordinates of an optimizee.
+    """
+    gates = tf.matmul(w, tf.concat([inputs, state.hidden], axis=0), transpose_a=True)
+    hidden, cell = _gates(gates + b[:, tf.newaxis], state.cell, axis=0)
+    return hidden, LSTMState(hidden, cell)
+
+
+def lstm_weights(w_gates, b_gates, forget_bias=weights_file.FORGET_BIAS):
+    """The pure step's weights of one LSTM layer: `b` with the forget bias added once."""
+    units = b_gates.shape[0] // 4
+    shift = np.zeros(4 * units, b_gates.dtype.as_numpy_dtype)
+    shift[2 * units:3 * units] = forget_bias
+    return {"w": w_gates, "b": b_gates + shift}
 
 
 # -- Networks -----------------------------------------------------------------------------------
@@ -147,14 +305,15 @@ def _gate_initializer(input_size, hidden_size):
 class Network(snt.Module):
     """Base of all optimizer networks: a recurrent core that outputs steps.
 
-    Subclasses implement `update` and `initial_state_for_inputs` and record their constructor
-    options in `self.options` (JSON-able; saved with the weights).
+    Subclasses implement `step` (pure), `step_weights`, `initial_state_for_inputs` and
+    `weight_shapes`, and record their constructor options in `self.options` (JSON-able; saved
+    with the weights).
     """
 
-    # True when the network treats every coordinate alike with shared weights, so that the
-    # meta-optimizer may feed all coordinates of all its variables through one call.
+    # True when the network treats every coordinate alike with shared weights, so that a caller
+    # may feed all coordinates of all its parameters through one call.
     coordinatewise = False
-    # True when `update` reports the lambda it used (the lambda networks).
+    # True when `step` reports the lambda it used (the lambda networks).
     has_lambda = False
 
     def __init__(self, options, name):
@@ -165,24 +324,56 @@ class Network(snt.Module):
     def options(self):
         """Constructor options (JSON-able), saved with the weights."""
         # tf.Module wraps dict attributes for checkpoint tracking; hand out a plain copy.
-        return _normalize_options(self._options)
+        return weights_file.normalize(self._options)
+
+    @classmethod
+    def weight_shapes(cls, options):
+        """`{layer: {variable: shape}}` of a network built with `options`, without building it.
+
+        Raises:
+          ValueError: the options are invalid.
+        """
+        del options
+        return {}
 
     def initial_state_for_inputs(self, inputs):
         """The zero state for optimizing a parameter shaped like `inputs`."""
         raise NotImplementedError
 
-    def update(self, inputs, prev_state, param=None):
-        """One optimizee step: `inputs` is the gradient, `param` the parameter; returns `Update`."""
+    def weights(self):
+        """The trainable weights as `{layer: {variable: tf.Variable}}` (the saved layout)."""
+        return {}
+
+    def step_weights(self, weights=None):
+        """The pure step's weights from `weights` (the saved layout; default: the variables).
+
+        Read the variables through this once per unroll, or pass frozen arrays of a file.
+        """
+        del weights
+        return {}
+
+    def step(self, weights, inputs, prev_state, param=None):
+        """One optimizee step, pure: reads only its arguments and the static options.
+
+        Args:
+          weights: from `step_weights`.
+          inputs: the gradient of the parameter.
+          prev_state: the state from `initial_state_for_inputs` or the previous step.
+          param: the parameter (the lambda networks need it).
+
+        Returns:
+          `Update(step, next_state, lambda_)`; `step` has the shape of `inputs`.
+        """
         raise NotImplementedError
+
+    def update(self, inputs, prev_state, param=None):
+        """`step` with this module's variables."""
+        return self.step(self.step_weights(), inputs, prev_state, param)
 
     def __call__(self, inputs, prev_state, param=None):
         """RNN-core form of `update`: returns `(step, next_state)`; add `step` to the parameter."""
         result = self.update(inputs, prev_state, param)
         return result.step, result.next_state
-
-    def weights(self):
-        """The trainable weights as `{layer: {variable: tf.Variable}}` (the saved layout)."""
-        return {}
 
     def get_weights(self):
         """The weights as numpy arrays, in the layout `initializer` accepts."""
@@ -190,10 +381,26 @@ class Network(snt.Module):
                 for layer, variables in self.weights().items()}
 
 
+def _lstm_options(layers, preprocess_name, preprocess_options, scale):
+    layers = _sizes("layers", layers, MAX_UNITS)
+    _, features = _make_preprocess(preprocess_name, preprocess_options)
+    return layers, features, _finite("scale", scale)
+
+
+def _lstm_shapes(input_features, layers, outputs):
+    shapes, fan_in = {}, input_features
+    for i, units in enumerate(layers, start=1):
+        shapes[f"lstm_{i}"] = {"w_gates": (fan_in + units, 4 * units), "b_gates": (4 * units,)}
+        fan_in = units
+    shapes["linear"] = {"w": (fan_in, outputs), "b": (outputs,)}
+    return shapes
+
+
 class StandardDeepLSTM(Network):
     """LSTM layers then a linear layer; output times `scale`.
 
-    Each batch row is preprocessed (every input feature separately) and fed to the LSTMs.
+    Each batch row (`[batch, d]` inputs) is preprocessed (every input feature separately) and fed
+    to the LSTMs.
     """
 
     def __init__(self, output_size, layers, preprocess_name="identity", preprocess_options=None,
@@ -207,103 +414,132 @@ class StandardDeepLSTM(Network):
           preprocess_name: "identity", "Clamp" or "LogAndSign".
           preprocess_options: keyword arguments of the preprocessing, e.g. `{"k": 5}`.
           scale: multiplies the output.
-          initializer: None, a name ("zeros"), or a dict per layer (`lstm_1`, ..., `linear`) and
-            variable (`w_i`, `w_h`, `b`; `w`, `b`) of names or arrays, e.g. loaded weights.
-            Array biases are taken as they are, forget-gate bias included.
-          input_size: number of inputs per row before preprocessing, to create the variables now;
-            None creates them at the first call.
+          initializer: None, one spec for every variable (a name such as "zeros", a TensorFlow,
+            Keras or Sonnet initializer, an array), a dict per variable (`w_gates`, `b_gates`;
+            `w`, `b`), or a dict per layer (`lstm_1`, ..., `linear`) of those, e.g. loaded
+            weights. Arrays are filled to shape as TF1's `tf.constant_initializer` did.
+          input_size: inputs per row before preprocessing; None creates the variables at the
+            first call (or `initial_state_for_inputs`) and then records it in `options`.
           dtype: dtype of the variables and states.
           name: module name.
         """
-        layers = tuple(int(size) for size in layers)
-        options = dict(output_size=int(output_size), layers=list(layers),
+        layers, features, scale = _lstm_options(layers, preprocess_name, preprocess_options,
+                                                scale)
+        output_size = _sizes("output_size", [output_size], MAX_KERNEL_ELEMENTS)[0]
+        options = dict(output_size=output_size, layers=list(layers),
                        preprocess_name=preprocess_name,
-                       preprocess_options=dict(preprocess_options or {}), scale=float(scale))
+                       preprocess_options=dict(preprocess_options or {}), scale=scale)
         super().__init__(options, name=name)
-        if any(size < 1 for size in layers):
-            raise ValueError(f"LSTM layer sizes must be positive, got {layers}.")
         self.layers = layers
-        self._scale = float(scale)
+        self._output_size = output_size
+        self._scale = scale
         self._dtype = dtype
         self._preprocess, self._features = _make_preprocess(preprocess_name, preprocess_options)
         self._initializer = initializer
-        self._cores = None  # Built once the input size is known.
-        with self.name_scope:
-            init = _layer_initializers(initializer, "linear", ("w", "b"))
-            self._linear = snt.Linear(output_size, w_init=init.get("w"), b_init=init.get("b"),
-                                      name="linear")
+        self._lstms, self._linear = None, None  # Built once the input size is known.
         if input_size is not None:
-            self._build(input_size)
+            self._build(_sizes("input_size", [input_size], MAX_KERNEL_ELEMENTS)[0])
+
+    @classmethod
+    def weight_shapes(cls, options):
+        options = dict(options)
+        input_size = options.pop("input_size", None)
+        layers, features, _ = _lstm_options(options.get("layers", ()),
+                                            options.get("preprocess_name", "identity"),
+                                            options.get("preprocess_options"),
+                                            options.get("scale", 1.0))
+        outputs = options.get("output_size", 1)
+        # An unknown input size leaves the first layer's input rows open (None).
+        fan_in = None if input_size is None else input_size * features
+        shapes = _lstm_shapes(fan_in or 0, layers, outputs)
+        if fan_in is None and layers:
+            shapes["lstm_1"]["w_gates"] = (None, 4 * layers[0])
+        elif fan_in is None:
+            shapes["linear"]["w"] = (None, outputs)
+        return shapes
 
     def _build(self, input_size):
-        """Creates the LSTM layers and all variables for rows of `input_size` inputs."""
-        layer_inputs = (input_size * self._features,) + self.layers[:-1]
-        cores = []
+        """Creates the variables for rows of `input_size` inputs."""
+        self._options["input_size"] = int(input_size)
+        fan_in, lstms = input_size * self._features, []
         with self.name_scope:
-            for i, (fan_in, size) in enumerate(zip(layer_inputs, self.layers), start=1):
-                init = _layer_initializers(self._initializer, f"lstm_{i}", ("w_i", "w_h", "b"))
-                gate_init = _gate_initializer(fan_in, size)
-                cores.append(snt.LSTM(
-                    size, w_i_init=init.get("w_i", gate_init),
-                    w_h_init=init.get("w_h", gate_init), b_init=init.get("b"),
-                    # Given biases already hold the forget bias (as saved); else add Sonnet's 1.0.
-                    forget_bias=0.0 if isinstance(init.get("b"), _ArrayInitializer) else 1.0,
-                    dtype=self._dtype, name=f"lstm_{i}"))
-        self._cores = cores
-        # Sonnet creates variables at the first call; make them now, before any tf.function
-        # (checkpoints and the meta-optimizer's slots need them).
-        hidden, _ = self._hidden(tf.zeros([1, input_size], self._dtype), self._zero_state(1))
-        self._linear(hidden)
+            for i, units in enumerate(self.layers, start=1):
+                lstms.append(LSTM(fan_in, units, self._initializer, self._dtype, f"lstm_{i}"))
+                fan_in = units
+            self._linear = Linear(fan_in, self._output_size, self._initializer,
+                                  dtype=self._dtype, name="linear")
+        self._lstms = lstms
 
-    def _zero_state(self, batch_size):
-        # Not snt.LSTM.initial_state: its dtype is fixed at construction, ours follows `dtype`.
-        return tuple(snt.LSTMState(hidden=tf.zeros([batch_size, size], self._dtype),
-                                   cell=tf.zeros([batch_size, size], self._dtype))
-                     for size in self.layers)
+    @property
+    def built(self):
+        return self._linear is not None
+
+    def _zero_state(self, batch_size, transpose=False):
+        return tuple(LSTMState(*[tf.zeros([units, batch_size] if transpose else
+                                          [batch_size, units], self._dtype)] * 2)
+                     for units in self.layers)
+
+    def _rows(self, inputs):
+        """The batch rows the LSTM sees: `[batch, inputs per row]`."""
+        if inputs.shape.rank != 2:
+            raise ValueError(f"StandardDeepLSTM takes [batch, inputs] gradients, got shape "
+                             f"{inputs.shape.as_list()}.")
+        return inputs
 
     def initial_state_for_inputs(self, inputs):
-        return self._zero_state(inputs.shape[0])
+        rows = self._rows(tf.convert_to_tensor(inputs))
+        if not self.built:
+            self._build(rows.shape[1])
+        return self._zero_state(rows.shape[0])
 
-    def _hidden(self, inputs, prev_state):
-        """Preprocessed inputs through the LSTMs: `[batch, d] -> ([batch, last], next_state)`."""
-        inputs = tf.convert_to_tensor(inputs, self._dtype)
-        if self._cores is None:
-            self._build(inputs.shape[1])
-        features = self._preprocess(tf.expand_dims(inputs, -1))
-        # The features of one row side by side, as the original's reshape.
-        output = tf.reshape(features, [-1, inputs.shape[1] * self._features])
-        next_state = []
-        for core, state in zip(self._cores, prev_state):
-            output, state = core(output, state)
+    def weights(self):
+        if not self.built:
+            return {}
+        result = {f"lstm_{i}": {"w_gates": lstm.w_gates, "b_gates": lstm.b_gates}
+                  for i, lstm in enumerate(self._lstms, start=1)}
+        result["linear"] = {"w": self._linear.w, "b": self._linear.b}
+        return result
+
+    def step_weights(self, weights=None):
+        weights = self.weights() if weights is None else weights
+        result = {layer: lstm_weights(values["w_gates"], values["b_gates"])
+                  for layer, values in weights.items() if layer.startswith("lstm_")}
+        result["linear"] = dict(weights["linear"])
+        return result
+
+    def _features_of_rows(self, rows):
+        """Preprocessed rows, the features of one row side by side (as the original's reshape)."""
+        features = self._preprocess(tf.expand_dims(tf.cast(rows, self._dtype), -1))
+        return tf.reshape(features, [-1, rows.shape[1] * self._features])
+
+    def _hidden_rows(self, weights, rows, prev_state):
+        output, next_state = self._features_of_rows(rows), []
+        for i, state in enumerate(prev_state, start=1):
+            layer = weights[f"lstm_{i}"]
+            output, state = lstm_rows(layer["w"], layer["b"], output, state)
             next_state.append(state)
         return output, tuple(next_state)
 
-    def _delta(self, hidden):
-        return self._linear(hidden) * self._scale
+    def _delta_rows(self, weights, hidden):
+        linear = weights["linear"]
+        return (tf.matmul(hidden, linear["w"]) + linear["b"]) * self._scale
+
+    def step(self, weights, inputs, prev_state, param=None):
+        del param  # The plain LSTM does not look at the parameter.
+        rows = self._rows(inputs)
+        hidden, next_state = self._hidden_rows(weights, rows, prev_state)
+        return Update(self._delta_rows(weights, hidden), next_state)
 
     def update(self, inputs, prev_state, param=None):
-        del param  # The plain LSTM does not look at the parameter.
-        hidden, next_state = self._hidden(inputs, prev_state)
-        return Update(self._delta(hidden), next_state)
-
-    def weights(self):
-        result = {}
-        for i, core in enumerate(self._cores or (), start=1):
-            result[f"lstm_{i}"] = {"w_i": core.input_to_hidden, "w_h": core.hidden_to_hidden,
-                                   "b": core.b}
-        if self._cores is not None:
-            result["linear"] = {"w": self._linear.w, "b": self._linear.b}
-        return result
+        if not self.built:
+            self._build(self._rows(tf.convert_to_tensor(inputs)).shape[1])
+        return super().update(inputs, prev_state, param)
 
 
 class CoordinateWiseDeepLSTM(StandardDeepLSTM):
     """The L2L optimizer: one small LSTM shared by every coordinate of a tensor of any shape.
 
-    The same network as `StandardDeepLSTM` with one scalar input per coordinate and one output,
-    computed with coordinates as columns: states are `[hidden, coordinates]`, and each layer is
-    one matrix product `w^T [x; h]` (the Sonnet LSTM's input and hidden weights together) and
-    elementwise gates over contiguous rows. On a CPU this is faster than a batch row per
-    coordinate, with the same numbers; `_hidden`, Sonnet's own row-wise call, is the reference.
+    Computed with coordinates as columns (`lstm_columns`): states are `[units, coordinates]`.
     """
 
     coordinatewise = True
@@ -312,44 +548,48 @@ class CoordinateWiseDeepLSTM(StandardDeepLSTM):
                  scale=1.0, initializer=None, dtype=tf.float32, name="cw_deep_lstm"):
         super().__init__(1, layers, preprocess_name, preprocess_options, scale, initializer,
                          input_size=1, dtype=dtype, name=name)
-        del self._options["output_size"]
+        del self._options["output_size"], self._options["input_size"]
+
+    @classmethod
+    def weight_shapes(cls, options):
+        options = {k: v for k, v in options.items() if k in (
+            "layers", "preprocess_name", "preprocess_options", "scale")}
+        return StandardDeepLSTM.weight_shapes(dict(options, output_size=1, input_size=1))
 
     def initial_state_for_inputs(self, inputs):
-        coordinates = inputs.shape.num_elements()
-        return tuple(snt.LSTMState(hidden=tf.zeros([size, coordinates], self._dtype),
-                                   cell=tf.zeros([size, coordinates], self._dtype))
-                     for size in self.layers)
+        return self._zero_state(tf.convert_to_tensor(inputs).shape.num_elements(),
+                                transpose=True)
 
-    def _columns(self, inputs, prev_state):
-        """The LSTMs over coordinates as columns: `inputs` of any shape -> `[last, coords]`."""
+    def _hidden_columns(self, weights, inputs, prev_state):
+        """The LSTMs over coordinates as columns: `inputs` of any shape -> `[last, n]`."""
         coordinates = inputs.shape.num_elements()
         rows = tf.reshape(tf.cast(inputs, self._dtype), [coordinates, 1, 1])
         output = tf.transpose(tf.reshape(self._preprocess(rows), [coordinates, self._features]))
         next_state = []
-        for core, state in zip(self._cores, prev_state):
-            weights = tf.concat([core.input_to_hidden, core.hidden_to_hidden], axis=0)
-            gates = (tf.matmul(weights, tf.concat([output, state.hidden], axis=0),
-                               transpose_a=True) + core.b[:, tf.newaxis])
-            i, f, g, o = tf.split(gates, 4, axis=0)  # Sonnet 2's gate order.
-            cell = tf.sigmoid(f) * state.cell + tf.sigmoid(i) * tf.tanh(g)
-            output = tf.sigmoid(o) * tf.tanh(cell)
-            next_state.append(snt.LSTMState(hidden=output, cell=cell))
+        for i, state in enumerate(prev_state, start=1):
+            layer = weights[f"lstm_{i}"]
+            output, state = lstm_columns(layer["w"], layer["b"], output, state)
+            next_state.append(state)
         return output, tuple(next_state)
 
-    def _column_head(self, linear, hidden):
-        """A `Linear(1)` layer applied to every column of `hidden`: `[features, n] -> [n]`."""
-        return tf.reshape(tf.matmul(linear.w, hidden, transpose_a=True) + linear.b, [-1])
+    @staticmethod
+    def _column_head(linear, hidden):
+        """A linear layer of one output applied to every column of `hidden`: `[f, n] -> [n]`."""
+        return tf.reshape(tf.matmul(linear["w"], hidden, transpose_a=True) + linear["b"], [-1])
 
-    def _column_delta(self, inputs, prev_state):
+    def _column_delta(self, weights, inputs, prev_state):
         """`(delta, hidden, next_state)`: the scaled step in `inputs`' shape, and what made it."""
-        hidden, next_state = self._columns(inputs, prev_state)
-        delta = self._column_head(self._linear, hidden) * self._scale
+        hidden, next_state = self._hidden_columns(weights, inputs, prev_state)
+        delta = self._column_head(weights["linear"], hidden) * self._scale
         return tf.reshape(delta, inputs.shape), hidden, next_state
 
-    def update(self, inputs, prev_state, param=None):
+    def step(self, weights, inputs, prev_state, param=None):
         del param
-        delta, _, next_state = self._column_delta(inputs, prev_state)
+        delta, _, next_state = self._column_delta(weights, inputs, prev_state)
         return Update(delta, next_state)
+
+    def update(self, inputs, prev_state, param=None):
+        return Network.update(self, inputs, prev_state, param)
 
 
 class KernelDeepLSTM(StandardDeepLSTM):
@@ -362,29 +602,41 @@ class KernelDeepLSTM(StandardDeepLSTM):
     def __init__(self, kernel_shape, layers=(20, 20), preprocess_name="identity",
                  preprocess_options=None, scale=1.0, initializer=None, dtype=tf.float32,
                  name="kernel_deep_lstm"):
-        self._kernel_shape = [int(k) for k in kernel_shape]
-        size = int(np.prod(self._kernel_shape))
+        self._kernel_shape = list(_kernel_shape(kernel_shape))
+        size = math.prod(self._kernel_shape)
         super().__init__(size, layers, preprocess_name, preprocess_options, scale, initializer,
                          input_size=size, dtype=dtype, name=name)
-        del self._options["output_size"]
+        del self._options["output_size"], self._options["input_size"]
         self._options["kernel_shape"] = self._kernel_shape
+
+    @classmethod
+    def weight_shapes(cls, options):
+        size = math.prod(_kernel_shape(options.get("kernel_shape")))
+        options = {k: v for k, v in options.items() if k in (
+            "layers", "preprocess_name", "preprocess_options", "scale")}
+        return StandardDeepLSTM.weight_shapes(dict(options, output_size=size, input_size=size))
 
     def _rows(self, inputs):
         if inputs.shape.rank != 4 or list(inputs.shape[:2]) != list(self._kernel_shape):
             raise ValueError(f"KernelDeepLSTM with kernel_shape {list(self._kernel_shape)} cannot "
                              f"optimize a variable of shape {inputs.shape.as_list()}.")
         filters = tf.transpose(inputs, [2, 3, 0, 1])  # [in, out, k_h, k_w]
-        return tf.reshape(filters, [-1, int(np.prod(self._kernel_shape))])
+        return tf.reshape(filters, [-1, math.prod(self._kernel_shape)])
 
-    def initial_state_for_inputs(self, inputs):
-        return self._zero_state(self._rows(inputs).shape[0])
-
-    def update(self, inputs, prev_state, param=None):
+    def step(self, weights, inputs, prev_state, param=None):
         del param
-        hidden, next_state = self._hidden(self._rows(inputs), prev_state)
+        hidden, next_state = self._hidden_rows(weights, self._rows(inputs), prev_state)
         k_h, k_w, n_in, n_out = inputs.shape
-        step = tf.reshape(self._delta(hidden), [n_in, n_out, k_h, k_w])
+        step = tf.reshape(self._delta_rows(weights, hidden), [n_in, n_out, k_h, k_w])
         return Update(tf.transpose(step, [2, 3, 0, 1]), next_state)
+
+
+def _kernel_shape(kernel_shape):
+    shape = _sizes("kernel_shape", kernel_shape, MAX_KERNEL_ELEMENTS, allow_empty=False)
+    if len(shape) != 2 or math.prod(shape) > MAX_KERNEL_ELEMENTS:
+        raise ValueError(f"kernel_shape must be two sizes [height, width] of at most "
+                         f"{MAX_KERNEL_ELEMENTS} elements, got {list(kernel_shape)!r}.")
+    return shape
 
 
 class _LambdaDeepLSTM(CoordinateWiseDeepLSTM):
@@ -396,18 +648,18 @@ class _LambdaDeepLSTM(CoordinateWiseDeepLSTM):
 
     has_lambda = True
 
-    def _lambda(self, hidden, param):
+    def _lambda(self, weights, hidden, param):
         """Lambda for this step: a scalar or one value per coordinate, `[coordinates]`.
 
-        `hidden` is the last LSTM layer's output, `[hidden, coordinates]`.
+        `hidden` is the last LSTM layer's output, `[units, coordinates]`.
         """
         raise NotImplementedError
 
-    def update(self, inputs, prev_state, param=None):
+    def step(self, weights, inputs, prev_state, param=None):
         if param is None:
             raise ValueError(f"{type(self).__name__} needs the parameter as well as the gradient.")
-        delta, hidden, next_state = self._column_delta(inputs, prev_state)
-        lam = self._lambda(hidden, param)
+        delta, hidden, next_state = self._column_delta(weights, inputs, prev_state)
+        lam = self._lambda(weights, hidden, param)
         per_coordinate = lam if lam.shape.rank == 0 else tf.reshape(lam, param.shape)
         return Update(delta + per_coordinate * param, next_state, lam)
 
@@ -416,15 +668,32 @@ class FixedLambdaDeepLSTM(_LambdaDeepLSTM):
     """The fork's fixed-lambda optimizer: `x_next = x + delta + fixed_lambda * x`."""
 
     def __init__(self, fixed_lambda=0.01, name="cw_fixed_lambda", **kwargs):
+        fixed_lambda = _finite("fixed_lambda", fixed_lambda)
         super().__init__(name=name, **kwargs)
-        self._options["fixed_lambda"] = float(fixed_lambda)
-        self._fixed_lambda = float(fixed_lambda)
+        self._options["fixed_lambda"] = fixed_lambda
+        self._fixed_lambda = fixed_lambda
 
-    def _lambda(self, hidden, param):
+    @classmethod
+    def weight_shapes(cls, options):
+        _finite("fixed_lambda", options.get("fixed_lambda", 0.01))
+        return super().weight_shapes(options)
+
+    def _lambda(self, weights, hidden, param):
         return tf.constant(self._fixed_lambda, param.dtype)
 
 
 LAMBDA_MODES = ("per_coordinate", "scalar")
+
+
+def _lambda_options(lambda_mode, init_lambda, lambda_max):
+    if lambda_mode not in LAMBDA_MODES:
+        raise ValueError(f"Unknown lambda_mode {lambda_mode!r}; expected one of {LAMBDA_MODES}.")
+    init_lambda = _finite("init_lambda", init_lambda)
+    lambda_max = _finite("lambda_max", lambda_max)
+    if not lambda_max > 0 or not abs(init_lambda) < lambda_max:
+        raise ValueError(f"init_lambda must lie strictly inside (-lambda_max, lambda_max); "
+                         f"got init_lambda={init_lambda}, lambda_max={lambda_max}.")
+    return init_lambda, lambda_max
 
 
 class LearnedLambdaDeepLSTM(_LambdaDeepLSTM):
@@ -438,33 +707,37 @@ class LearnedLambdaDeepLSTM(_LambdaDeepLSTM):
 
     def __init__(self, lambda_mode="per_coordinate", init_lambda=0.01, lambda_max=0.1,
                  initializer=None, dtype=tf.float32, name="cw_learned_lambda", **kwargs):
-        if lambda_mode not in LAMBDA_MODES:
-            raise ValueError(f"Unknown lambda_mode {lambda_mode!r}; "
-                             f"expected one of {LAMBDA_MODES}.")
-        if not lambda_max > 0 or not abs(init_lambda) < lambda_max:
-            raise ValueError(f"init_lambda must lie strictly inside (-lambda_max, lambda_max); "
-                             f"got init_lambda={init_lambda}, lambda_max={lambda_max}.")
+        init_lambda, lambda_max = _lambda_options(lambda_mode, init_lambda, lambda_max)
         super().__init__(initializer=initializer, dtype=dtype, name=name, **kwargs)
-        self._options.update(lambda_mode=lambda_mode, init_lambda=float(init_lambda),
-                            lambda_max=float(lambda_max))
-        self._mode, self._lambda_max = lambda_mode, float(lambda_max)
+        self._options.update(lambda_mode=lambda_mode, init_lambda=init_lambda,
+                             lambda_max=lambda_max)
+        self._mode, self._lambda_max = lambda_mode, lambda_max
         raw = float(np.arctanh(init_lambda / lambda_max))
         with self.name_scope:
             if lambda_mode == "per_coordinate":
-                init = _layer_initializers(initializer, "lambda_head", ("w", "b"))
-                self._head = snt.Linear(1, w_init=init.get("w", snt.initializers.Zeros()),
-                                        b_init=init.get("b", snt.initializers.Constant(raw)),
-                                        name="lambda_head")
-                hidden_size = self.layers[-1] if self.layers else self._features
-                self._head(tf.zeros([1, hidden_size], dtype))  # Creates its variables now.
+                self._head = Linear(self._last_width(), 1, initializer,
+                                    w_default=snt.initializers.Zeros(),
+                                    b_default=snt.initializers.Constant(raw), dtype=dtype,
+                                    name="lambda_head")
             else:
                 init = _layer_initializers(initializer, "lambda", ("raw",))
-                raw_init = init.get("raw", snt.initializers.Constant(raw))
-                self._raw = tf.Variable(raw_init([], dtype), name="raw")
+                self._raw = tf.Variable(init.get("raw", snt.initializers.Constant(raw))([], dtype),
+                                        name="raw")
 
-    def _lambda(self, hidden, param):
-        raw = self._raw if self._mode == "scalar" else self._column_head(self._head, hidden)
-        return self._lambda_max * tf.tanh(raw)
+    def _last_width(self):
+        return self.layers[-1] if self.layers else self._features
+
+    @classmethod
+    def weight_shapes(cls, options):
+        mode = options.get("lambda_mode", "per_coordinate")
+        _lambda_options(mode, options.get("init_lambda", 0.01), options.get("lambda_max", 0.1))
+        shapes = super().weight_shapes(options)
+        if mode == "scalar":
+            shapes["lambda"] = {"raw": ()}
+        else:
+            width = shapes["linear"]["w"][0]
+            shapes["lambda_head"] = {"w": (width, 1), "b": (1,)}
+        return shapes
 
     def weights(self):
         result = super().weights()
@@ -474,6 +747,17 @@ class LearnedLambdaDeepLSTM(_LambdaDeepLSTM):
             result["lambda_head"] = {"w": self._head.w, "b": self._head.b}
         return result
 
+    def step_weights(self, weights=None):
+        weights = self.weights() if weights is None else weights
+        result = super().step_weights(weights)
+        result["lambda"] = dict(weights["lambda" if self._mode == "scalar" else "lambda_head"])
+        return result
+
+    def _lambda(self, weights, hidden, param):
+        raw = (weights["lambda"]["raw"] if self._mode == "scalar"
+               else self._column_head(weights["lambda"], hidden))
+        return self._lambda_max * tf.tanh(raw)
+
 
 @snt.allow_empty_variables
 class Sgd(Network):
@@ -482,14 +766,15 @@ class Sgd(Network):
     coordinatewise = True
 
     def __init__(self, learning_rate=0.001, name="sgd"):
-        super().__init__(dict(learning_rate=float(learning_rate)), name=name)
-        self._learning_rate = float(learning_rate)
+        learning_rate = _finite("learning_rate", learning_rate)
+        super().__init__(dict(learning_rate=learning_rate), name=name)
+        self._learning_rate = learning_rate
 
     def initial_state_for_inputs(self, inputs):
         return ()
 
-    def update(self, inputs, prev_state, param=None):
-        del prev_state, param
+    def step(self, weights, inputs, prev_state, param=None):
+        del weights, prev_state, param
         return Update(-self._learning_rate * inputs, ())
 
 
@@ -505,18 +790,20 @@ class Adam(Network):
 
     def __init__(self, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, eps_root=0.0,
                  name="adam"):
-        super().__init__(dict(learning_rate=float(learning_rate), beta1=float(beta1),
-                              beta2=float(beta2), epsilon=float(epsilon),
-                              eps_root=float(eps_root)), name=name)
-        self._lr, self._b1, self._b2 = float(learning_rate), float(beta1), float(beta2)
-        self._eps, self._eps_root = float(epsilon), float(eps_root)
+        options = {k: _finite(k, v) for k, v in dict(
+            learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon,
+            eps_root=eps_root).items()}
+        super().__init__(options, name=name)
+        self._lr, self._b1, self._b2 = options["learning_rate"], options["beta1"], options["beta2"]
+        self._eps, self._eps_root = options["epsilon"], options["eps_root"]
 
     def initial_state_for_inputs(self, inputs):
+        inputs = tf.convert_to_tensor(inputs)
         zeros = tf.zeros([inputs.shape.num_elements(), 1], inputs.dtype)
         return tf.zeros([], inputs.dtype), zeros, zeros
 
-    def update(self, inputs, prev_state, param=None):
-        del param
+    def step(self, weights, inputs, prev_state, param=None):
+        del weights, param
         t, m, v = prev_state
         g = tf.reshape(inputs, [-1, 1])
         t_next = t + 1
@@ -536,164 +823,79 @@ _NO_INITIALIZER = ("Sgd", "Adam")
 
 # -- Saving and loading -------------------------------------------------------------------------
 
-class WeightsFileError(ValueError):
-    """A saved optimizer that cannot be read or does not fit the network asked for."""
-
-
-class SavedNetwork(NamedTuple):
-    net: str  # Class name.
-    net_options: dict
-    weights: dict  # {layer: {variable: np.ndarray}}
-    metadata: dict = {}  # What the saver recorded beside the weights (e.g. its evaluation).
-
-
-def _plain(value):
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _normalize_options(options):
-    """Options as stored in JSON: tuples become lists, so that two configs compare equal."""
-    return json.loads(json.dumps(_plain(options)))
-
-
 def save(network, path, metadata=None):
-    """Writes `network`'s class, options and weights to `path`, atomically (write, then rename).
-
-    `metadata` (JSON-able) is stored beside them, e.g. the evaluation that made it the best.
-    """
-    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "net": type(network).__name__,
-              "net_options": _normalize_options(network.options),
-              "metadata": _normalize_options(metadata or {}), "tensorflow": tf.__version__}
-    arrays = {f"{layer}/{name}": value
-              for layer, variables in network.get_weights().items()
-              for name, value in variables.items()}
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr(_HEADER_KEY + ".json", json.dumps(header, indent=1, sort_keys=True))
-        for key, value in arrays.items():
-            array_bytes = io.BytesIO()
-            np.lib.format.write_array(array_bytes, np.asarray(value),
-                                      allow_pickle=False)
-            archive.writestr(key + ".npy", array_bytes.getvalue())
-    atomic_write(path, buffer.getvalue())
+    """Writes `network`'s class, options and weights to `path` (see `weights_file.save`)."""
+    weights_file.save(path, type(network).__name__, network.options, network.get_weights(),
+                      metadata, tf.__version__)
 
 
-def atomic_write(path, data):
-    """Writes bytes to `path` so that a reader sees the old file or the new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+def _build(net, options):
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # As open() would create it; mkstemp makes it private.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load(path):
-    """Reads a saved network: this project's format, or a legacy TF1-era `.l2l` pickle.
-
-    Raises:
-      WeightsFileError: the file is missing, unreadable, or not an optimizer file.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise WeightsFileError(f"Cannot read optimizer file {path}: {e.strerror}.") from None
-    if data[:4] == b"PK\x03\x04":
-        return _load_own(path, data)
-    if data[:1] == b"\x80":  # Pickle protocol 2+: the TF1-era format.
-        import legacy  # pylint: disable=import-outside-toplevel
-        return legacy.load(path, data)
-    raise WeightsFileError(f"{path} is not an optimizer file (neither this project's format "
-                           f"nor a legacy .l2l pickle).")
-
-
-def _load_own(path, data):
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            header = json.loads(archive.read(_HEADER_KEY + ".json"))
-            weights = {}
-            for info in archive.infolist():
-                if info.filename == _HEADER_KEY + ".json":
-                    continue
-                if not info.filename.endswith(".npy") or info.filename.count("/") != 1:
-                    raise ValueError(f"unexpected entry {info.filename!r}")
-                layer, name = info.filename[:-len(".npy")].split("/")
-                array = np.lib.format.read_array(io.BytesIO(archive.read(info)),
-                                                 allow_pickle=False)
-                weights.setdefault(layer, {})[name] = array
-    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:
-        raise WeightsFileError(f"{path} is a damaged optimizer file ({e}); "
-                               f"re-save or re-train it.") from None
-    if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
-        raise WeightsFileError(f"{path} has format {header.get('format')!r} version "
-                               f"{header.get('version')!r}; this code reads {FORMAT_NAME!r} "
-                               f"version {FORMAT_VERSION}.")
-    if header.get("net") not in NETWORKS:
-        raise WeightsFileError(f"{path} holds an unknown network {header.get('net')!r}.")
-    return SavedNetwork(header["net"], dict(header["net_options"]), weights,
-                        dict(header.get("metadata", {})))
-
-
-def _check_fit(path, saved, net, net_options):
-    if saved.net != net:
-        raise WeightsFileError(f"{path} holds a {saved.net}, not a {net}.")
-    requested = _normalize_options(dict(net_options))
-    stored = _normalize_options(saved.net_options)
-    clashes = {k: (requested[k], stored.get(k)) for k in requested if requested[k] != stored.get(k)}
-    if clashes:
-        detail = ", ".join(f"{k}={stored_v!r} in the file but {req!r} asked for"
-                           for k, (req, stored_v) in sorted(clashes.items()))
-        raise WeightsFileError(f"{path} does not fit the network: {detail}.")
+        return NETWORKS[net](**options)
+    except TypeError as e:  # An option the class does not take.
+        raise ValueError(f"Bad options for {net}: {e}.") from None
 
 
 def factory(net, net_options=(), net_path=None):
     """Builds a network by class name, with weights from `net_path` if given.
 
-    With `net_path`, options missing from `net_options` come from the file, and options given in
-    both must agree; the file's weights must match the network's shapes exactly.
+    As the original, the file's weights replace any `initializer`. Options the file records and
+    `net_options` does not give come from the file; options given that the file records must
+    agree with it. The file's weights must have exactly the shapes these options make, which is
+    checked before anything is built.
 
     Raises:
       ValueError: unknown class name (the message lists the valid ones) or bad options.
-      WeightsFileError: the file cannot be read or does not fit.
+      util.WeightsFileError: the file cannot be read, does not fit, or records bad options.
     """
     if net not in NETWORKS:
         raise ValueError(f"Unknown network {net!r}; expected one of {sorted(NETWORKS)}.")
     net_options = dict(net_options)
     if net_path is None:
-        try:
-            return NETWORKS[net](**net_options)
-        except TypeError as e:  # An option the class does not take.
-            raise ValueError(f"Bad options for {net}: {e}.") from None
-    saved = load(net_path)
-    _check_fit(net_path, saved, net, net_options)
+        return _build(net, net_options)
+    saved = weights_file.load(net_path)
+    if saved.net != net:
+        raise util.WeightsFileError(f"{net_path} holds a {saved.net}, not a {net}.")
+    net_options.pop("initializer", None)
+    requested = weights_file.normalize(net_options)
+    stored = weights_file.normalize(saved.net_options)
+    clashes = {k: (requested[k], stored[k]) for k in requested
+               if k in stored and requested[k] != stored[k]}
+    if clashes:
+        detail = ", ".join(f"{k}={stored_v!r} in the file but {req!r} asked for"
+                           for k, (req, stored_v) in sorted(clashes.items()))
+        raise util.WeightsFileError(f"{net_path} does not fit the network: {detail}.")
     options = dict(saved.net_options, **net_options)
+    try:
+        expected = NETWORKS[net].weight_shapes(options)
+    except (ValueError, TypeError) as e:
+        raise util.WeightsFileError(f"{net_path} records bad options for a {net}: {e}") from None
+    _check_weights(net_path, net, saved.weights, expected)
+    if net == "StandardDeepLSTM" and options.get("input_size") is None and "lstm_1" in expected:
+        # Files written before the input size was recorded: it follows from the first layer.
+        rows = saved.weights["lstm_1"]["w_gates"].shape[0] - options["layers"][0]
+        features = _make_preprocess(options.get("preprocess_name", "identity"),
+                                    options.get("preprocess_options"))[1]
+        options["input_size"] = rows // features
     if net in _NO_INITIALIZER:
-        network = NETWORKS[net](**options)
-    else:
-        try:
-            network = NETWORKS[net](initializer=saved.weights, **options)
-        except ValueError as e:
-            raise WeightsFileError(f"{net_path} does not fit the network: {e}") from None
-    expected = {layer: set(vs) for layer, vs in network.weights().items()}
-    found = {layer: set(vs) for layer, vs in saved.weights.items()}
-    if expected != found:
-        raise WeightsFileError(f"{net_path} holds weights {_describe(found)}; a {net} with these "
-                               f"options has {_describe(expected)}.")
-    return network
+        return _build(net, options)
+    return _build(net, dict(options, initializer=saved.weights))
+
+
+def _check_weights(path, net, weights, expected):
+    layout = {layer: set(vs) for layer, vs in weights.items()}
+    wanted = {layer: set(vs) for layer, vs in expected.items()}
+    if layout != wanted:
+        raise util.WeightsFileError(f"{path} holds weights {_describe(layout)}; a {net} with "
+                                    f"these options has {_describe(wanted)}.")
+    for layer, variables in expected.items():
+        for name, shape in variables.items():
+            found = tuple(weights[layer][name].shape)
+            if len(found) != len(shape) or any(e is not None and e != f
+                                               for e, f in zip(shape, found)):
+                raise util.WeightsFileError(
+                    f"{path} does not fit the network: {layer}/{name} has shape {found}, a {net} "
+                    f"with these options needs {tuple(shape)}.")
 
 
 def _describe(layout):

@@ -9,14 +9,15 @@ to the 75th percentile over epochs; the table gives the mean loss at step 100 an
 step, with its standard error over epochs.
 """
 
-import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
-
 import os
 import re
 
 from absl import app
 from absl import flags
 import numpy as np
+
+import cli
+import util
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("histories", None, "History CSV files, one per optimizer.")
@@ -30,7 +31,7 @@ def label(header):
     """`Adam (lr 0.03)`, `fixed (lambda 0.01)` or the optimizer name, from a history header."""
     fields = dict(re.findall(r"(\w+)=(\S+)", header))
     name = fields.get("optimizer", "?")
-    if "learning_rate" in fields and name not in util.OPTIMIZER_KINDS:
+    if "learning_rate" in fields and name not in ("L2L", "fixed", "learned"):
         return f"{name} (lr {float(fields['learning_rate']):g})"
     if "fixed_lambda" in fields:
         return f"{name} (lambda {float(fields['fixed_lambda']):g})"
@@ -67,14 +68,13 @@ def plot(histories, labels, output, title):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
+    cli.check_no_arguments(argv)
     if not FLAGS.histories:
-        raise ValueError("--histories needs at least one history CSV file.")
+        raise util.FlagError("--histories needs at least one history CSV file.")
     if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.histories):
-        raise ValueError(f"--labels has {len(FLAGS.labels)} labels for "
+        raise util.FlagError(f"--labels has {len(FLAGS.labels)} labels for "
                          f"{len(FLAGS.histories)} histories.")
-    histories = [util.read_history(path) for path in FLAGS.histories]
+    histories = [cli.read_history(path) for path in FLAGS.histories]
     labels = FLAGS.labels or [label(header) for header, _ in histories]
     if FLAGS.table:
         print("| optimizer | epochs | loss at step 100 | loss at the last step |")
@@ -87,10 +87,10 @@ def main(argv):
             print(f"| {name} | {losses.shape[0]} | {at_100} | {last} |")
         return
     if not FLAGS.output:
-        raise ValueError("--output is needed for a plot (or pass --table).")
+        raise util.FlagError("--output is needed for a plot (or pass --table).")
     plot(histories, labels, FLAGS.output, FLAGS.title)
     print(f"Plot written to {FLAGS.output}")
 
 
 if __name__ == "__main__":
-    app.run(util.cli(main))
+    app.run(cli.run(main))

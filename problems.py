@@ -6,10 +6,16 @@ the data for one optimizee step (a batch, or the fixed instance of an analytic p
 `loss` maps parameters and data to a scalar. Seeds are `int32 [2]` tensors.
 """
 
+import math
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
-import numpy as np
-import tensorflow as tf
+import util
+util.import_tensorflow()
+
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
+
+import datasets  # noqa: E402  pylint: disable=wrong-import-position
 
 
 class Problem(NamedTuple):
@@ -108,14 +114,32 @@ def quadratic(batch_size=128, num_dims=10, stddev=0.01, dtype=tf.float32):
     return Problem(("x",), init, sample, loss)
 
 
-def ensemble(problems: Sequence[Problem], weights: Optional[Sequence[float]] = None):
-    """The (weighted) sum of independent problems; parameter names get a `problem_<i>/` prefix."""
-    problems = list(problems)
+# The problems `ensemble` builds from the original's `{"name": ..., "options": ...}` specs.
+_BY_NAME = ("simple", "simple_multi_optimizer", "quadratic", "mnist", "cifar10")
+
+
+def _from_spec(spec):
+    """A `Problem`, or one built from the original's spec `{"name": ..., "options": {...}}`."""
+    if isinstance(spec, Problem):
+        return spec
+    if not isinstance(spec, dict) or spec.get("name") not in _BY_NAME:
+        raise ValueError(f"ensemble takes Problems or {{'name': ..., 'options': ...}} specs with "
+                         f"a name in {_BY_NAME}; got {spec!r}.")
+    return globals()[spec["name"]](**spec.get("options", {}))
+
+
+def ensemble(problems: Sequence, weights: Optional[Sequence[float]] = None):
+    """The (weighted) sum of independent problems; parameter names get a `problem_<i>/` prefix.
+
+    `problems` are `Problem`s or, as the original's, specs `{"name": "quadratic", "options":
+    {...}}` of the problems of this module.
+    """
+    problems = [_from_spec(p) for p in problems]
     if not problems:
         raise ValueError("ensemble needs at least one problem.")
-    if weights is not None and len(weights) != len(problems):
+    if weights and len(weights) != len(problems):
         raise ValueError(f"ensemble got {len(weights)} weights for {len(problems)} problems.")
-    weights = [1.0] * len(problems) if weights is None else [float(w) for w in weights]
+    weights = [float(w) for w in weights] if weights else [1.0] * len(problems)
     sizes = [len(p.names) for p in problems]
 
     def split(params):
@@ -162,8 +186,14 @@ def _activation(name):
 def _loader(dataset, data_dir, loader):
     if loader is not None:
         return loader
-    import datasets  # pylint: disable=import-outside-toplevel
     return lambda split: datasets.load(dataset, split, data_dir)
+
+
+def _batch(data, batch_size, seed, salt, step):
+    """`batch_size` examples of in-memory `data = (x, y)` drawn uniformly (with replacement)."""
+    x, y = data
+    indices = random_indices([batch_size], derive_seed(seed, salt, step), x.shape[0])
+    return tf.gather(x, indices), tf.gather(y, indices)
 
 
 def _dataset_problem(load, split, batch_size, params, forward, flatten):
@@ -194,12 +224,10 @@ def _dataset_problem(load, split, batch_size, params, forward, flatten):
         return values
 
     def batch(data, seed, salt, step):
-        x, y = data
-        indices = random_indices([batch_size], derive_seed(seed, salt, step), x.shape[0])
-        inputs = tf.gather(x, indices)
+        inputs, labels = _batch(data, batch_size, seed, salt, step)
         if inputs.dtype == tf.uint8:
             inputs = tf.cast(inputs, tf.float32) / 255.0  # Pixels to [0, 1].
-        return inputs, tf.gather(y, indices)
+        return inputs, labels
 
     def loss(params_, data):
         inputs, labels = data
@@ -213,11 +241,19 @@ def _dataset_problem(load, split, batch_size, params, forward, flatten):
                            lambda seed, step: batch(held_out, seed, _VALIDATION_BATCH, step)))
 
 
-def _mlp_params(sizes):
+def _mlp_params(sizes, batch_norm=False):
+    """The parameters of an MLP over `sizes`, named as Sonnet 1 did (`mlp/linear_0/w`, ...).
+
+    With `batch_norm`, each hidden layer has a batch-norm offset after it (`mlp/batch_norm/beta`
+    for a lone one, as Sonnet 1 named it, else `mlp/batch_norm_<i>/beta`).
+    """
     params = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         params += [(f"mlp/linear_{i}/w", [fan_in, fan_out], "normal"),
                    (f"mlp/linear_{i}/b", [fan_out], "normal")]
+        if batch_norm and i < len(sizes) - 2:
+            suffix = "" if len(sizes) == 3 else f"_{i}"
+            params.append((f"mlp/batch_norm{suffix}/beta", [fan_out], "zeros"))
     return params
 
 
@@ -233,11 +269,6 @@ def _mlp_forward(activation, num_layers):
     return forward
 
 
-_NUM_FEATURES = {"mnist": 784, "fashion_mnist": 784, "cifar10": 3072, "cifar100": 3072,
-                 "iris": 4}
-_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "iris": 3}
-
-
 def mlp(dataset, layers=(20,), activation="sigmoid", batch_size=128, split="train",
         data_dir=None, loader=None):
     """Classification of a dataset's flattened examples by an MLP (the original's `mnist`).
@@ -248,9 +279,10 @@ def mlp(dataset, layers=(20,), activation="sigmoid", batch_size=128, split="trai
     from `loader(split) -> (x, y)` when given (e.g. synthetic data of the same shapes).
     """
     act = _activation(activation)
-    if dataset not in _NUM_FEATURES:
-        raise ValueError(f"Unknown dataset {dataset!r}; expected one of {sorted(_NUM_FEATURES)}.")
-    sizes = [_NUM_FEATURES[dataset], *layers, _NUM_CLASSES[dataset]]
+    if dataset not in datasets.NUM_CLASSES:
+        raise ValueError(f"Unknown dataset {dataset!r}; expected one of "
+                         f"{sorted(datasets.NUM_CLASSES)}.")
+    sizes = [math.prod(datasets.EXAMPLE_SHAPES[dataset]), *layers, datasets.NUM_CLASSES[dataset]]
     return _dataset_problem(_loader(dataset, data_dir, loader), split, batch_size,
                             _mlp_params(sizes), _mlp_forward(act, len(sizes) - 1), flatten=True)
 
@@ -280,13 +312,8 @@ def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_size=128, spl
                    (f"conv_net_2d/conv_2d_{i}/b", [out], "normal"),
                    (f"conv_net_2d/batch_norm_{i}/beta", [out], "zeros")]
         channels, side = out, (side + 1) // 2
-    sizes = [side * side * channels, *linear_layers, _NUM_CLASSES[dataset]]
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params += [(f"mlp/linear_{i}/w", [fan_in, fan_out], "normal"),
-                   (f"mlp/linear_{i}/b", [fan_out], "normal")]
-        if i < len(sizes) - 2:
-            suffix = "" if len(sizes) == 3 else f"_{i}"  # Sonnet 1 named a lone one batch_norm.
-            params.append((f"mlp/batch_norm{suffix}/beta", [fan_out], "zeros"))
+    sizes = [side * side * channels, *linear_layers, datasets.NUM_CLASSES[dataset]]
+    params += _mlp_params(sizes, batch_norm=True)
     num_conv = len(conv_channels)
 
     def forward(values, images):
@@ -309,3 +336,92 @@ def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_size=128, spl
 
     return _dataset_problem(_loader(dataset, data_dir, loader), split, batch_size, params,
                             forward, flatten=False)
+
+
+# -- Any Keras model ----------------------------------------------------------------------------
+
+def keras_problem(build_model, x, y, loss, batch_size=128, validation_data=None, training=True):
+    """A Keras model and in-memory data as a `Problem`: meta-train an optimizer on your model.
+
+        problem = problems.keras_problem(
+            lambda: keras.Sequential([keras.Input((784,)), keras.layers.Dense(20, "sigmoid"),
+                                      keras.layers.Dense(10)]),
+            x_train, y_train, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    The parameters are the model's trainable variables (named by their paths). Each epoch starts
+    from fresh weights drawn by the model's own initializers under the epoch's seed; each step
+    draws a batch of `batch_size` examples inside the compiled unroll; the loss runs the model
+    through `model.stateless_call` with the parameters given. Non-trainable variables (batch-norm
+    statistics) keep their initial values; with `training=True` batch norm uses the batch's.
+
+    Args:
+      build_model: `() -> keras.Model` with known input shape (e.g. starting with keras.Input).
+      x, y: the training examples and targets (arrays of equal length).
+      loss: a Keras loss (name, object or function of `(y_true, y_pred)`); averaged over the batch.
+      batch_size: examples per optimizee step.
+      validation_data: `(x, y)` held-out examples for the validation meta-objective.
+      training: run the model in training mode (dropout, batch statistics).
+    """
+    import keras  # pylint: disable=import-outside-toplevel  # Only this problem needs Keras.
+
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y) or not len(x):
+        raise ValueError(f"keras_problem needs as many targets as examples, got {len(x)} "
+                         f"examples and {len(y)} targets.")
+    model = build_model()
+    if not model.built:
+        raise ValueError("keras_problem needs a built model: give it an input shape (e.g. "
+                         "start a Sequential with keras.Input(shape)).")
+    # The same model again with its variables left uninitialized, to keep its initializers.
+    with keras.StatelessScope(initialize_variables=False):
+        blueprint = build_model()
+    initializers = []
+    for variable in blueprint.trainable_variables:
+        initializer = getattr(variable, "_initializer", None)
+        if initializer is None:
+            raise ValueError(f"keras_problem cannot find the initializer of {variable.path}; "
+                             f"create weights with layer.add_weight(initializer=...).")
+        initializers.append(_seeded_initializer(keras, initializer))
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    dtypes = [v.dtype for v in model.trainable_variables]
+    fixed = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    train = (tf.constant(x), tf.constant(y))
+    held_out = (None if validation_data is None else
+                (tf.constant(np.asarray(validation_data[0])),
+                 tf.constant(np.asarray(validation_data[1]))))
+
+    def init(seed):
+        values = []
+        for i, ((initializer, generator), shape, dtype) in enumerate(
+                zip(initializers, shapes, dtypes)):
+            if generator is None:
+                values.append(tf.convert_to_tensor(initializer(shape, dtype)))
+                continue
+            state = tf.cast(derive_seed(seed, _INIT, i), generator.state.dtype)
+            with keras.StatelessScope(state_mapping=[(generator.state, state)]):
+                values.append(tf.convert_to_tensor(initializer(shape, dtype)))
+        return values
+
+    def loss_(params, data):
+        inputs, targets = data
+        outputs, _ = model.stateless_call(list(params), fixed, inputs, training=training)
+        return tf.reduce_mean(loss_fn(targets, outputs))
+
+    return Problem(
+        names=tuple(v.path for v in model.trainable_variables), init=init,
+        sample=lambda seed, step: _batch(train, batch_size, seed, _TRAIN_BATCH, step),
+        loss=loss_,
+        sample_validation=(None if held_out is None else lambda seed, step: _batch(
+            held_out, batch_size, seed, _VALIDATION_BATCH, step)))
+
+
+def _seeded_initializer(keras, initializer):
+    """`(initializer, seed generator)`: a copy of a random initializer that draws from a seed
+    generator (whose state the epoch's seed then sets), or `(initializer, None)`."""
+    if getattr(initializer, "seed", None) is None:
+        return initializer, None  # Not random (zeros, ones, constants).
+    copy = type(initializer).from_config({**initializer.get_config(), "seed": None})
+    generator = keras.random.SeedGenerator(0)
+    copy.seed = generator
+    return copy, generator

@@ -8,8 +8,6 @@ evaluates the optimizer on held-out epochs and saves it to `save_path` when it i
 resumes it after a crash, Ctrl-C or SIGTERM (`--restart` starts over).
 """
 
-import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
-
 import json
 import os
 import shutil
@@ -18,10 +16,14 @@ import uuid
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
+import cli
+import configs
 import meta
-import networks
+import util
+import weights_file
+
+tf = util.import_tensorflow()
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("save_path", None, "Directory for the best meta-optimizer and checkpoints.")
@@ -29,13 +31,13 @@ flags.DEFINE_integer("num_epochs", 10000, "Number of training epochs.", lower_bo
 flags.DEFINE_integer("log_period", 100, "Log period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_period", 1000, "Evaluation period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_epochs", 20, "Number of evaluation epochs.", lower_bound=1)
-flags.DEFINE_enum("problem", "simple", sorted(util.CONFIGS), "Type of problem.")
+flags.DEFINE_enum("problem", "simple", sorted(configs.CONFIGS), "Type of problem.")
 flags.DEFINE_integer("num_steps", 100, "Number of optimization steps per epoch.", lower_bound=1)
 flags.DEFINE_integer("unroll_length", 20, "Meta-optimizer unroll length.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of the meta-optimizer (Adam).")
 flags.DEFINE_boolean("second_derivatives", False, "Use second derivatives.")
 flags.DEFINE_integer("seed", 0, "Seed of the network weights and of all problem data.")
-flags.DEFINE_enum("which_aml", "L2L", util.OPTIMIZER_KINDS, "Optimizer to meta-train: L2L, "
+flags.DEFINE_enum("which_aml", "L2L", configs.OPTIMIZER_KINDS, "Optimizer to meta-train: L2L, "
                   "fixed lambda (x + delta + lambda x) or learned lambda.")
 flags.DEFINE_float("fixed_lambda", 0.01, "lambda of --which_aml=fixed; the initial lambda of "
                    "--which_aml=learned.")
@@ -74,15 +76,15 @@ EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def _check_flags(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
-    if not FLAGS.learning_rate > 0:
-        raise ValueError(f"--learning_rate must be positive, got {FLAGS.learning_rate}.")
-    if not FLAGS.lambda_max > 0:
-        raise ValueError(f"--lambda_max must be positive, got {FLAGS.lambda_max}.")
+    cli.check_no_arguments(argv)
+    cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
+    cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
     if FLAGS.restart and FLAGS.save_path is None:
-        raise ValueError("--restart needs --save_path (the run to start over).")
-    return meta.num_unrolls(FLAGS.num_steps, FLAGS.unroll_length)
+        raise util.FlagError("--restart needs --save_path (the run to start over).")
+    try:
+        return meta.num_unrolls(FLAGS.num_steps, FLAGS.unroll_length)
+    except ValueError as e:
+        raise util.FlagError(f"--unroll_length: {e}") from None
 
 
 def _open_run(save_path):
@@ -99,20 +101,20 @@ def _open_run(save_path):
                 run = json.load(f)
             recorded, run_id = run["flags"], run["run_id"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{run_file} is damaged ({e}); pass --restart to start over."
+            raise util.FileFormatError(f"{run_file} is damaged ({e}); pass --restart to start over."
                              ) from None
         differ = [name for name in RUN_FLAGS if recorded.get(name) != current[name]]
         if differ:
             was = ", ".join(f"--{name}={recorded.get(name)}" for name in differ)
-            raise ValueError(f"--save_path {save_path} holds a run with {was}; resume it with the "
-                             f"same flags, or pass --restart to start over.")
+            raise util.FlagError(f"--save_path {save_path} holds a run with {was}; resume it with "
+                                 f"the same flags, or pass --restart to start over.")
         return run_id, True
     elif os.path.isdir(save_path) and any(f.endswith(".l2l") for f in os.listdir(save_path)):
-        raise ValueError(f"--save_path {save_path} holds saved optimizers but no run to resume; "
-                         f"choose a new folder, or pass --restart to train into it.")
+        raise util.FlagError(f"--save_path {save_path} holds saved optimizers but no run to "
+                             f"resume; choose a new folder, or pass --restart to train into it.")
     os.makedirs(save_path, exist_ok=True)
     run_id = uuid.uuid4().hex
-    networks.atomic_write(run_file, json.dumps({"run_id": run_id, "flags": current},
+    util.atomic_write(run_file, json.dumps({"run_id": run_id, "flags": current},
                                                indent=1).encode())
     return run_id, False
 
@@ -127,8 +129,8 @@ def _saved_evaluation(save_path, run_id):
     for name in os.listdir(save_path):
         if name.endswith(".l2l"):
             try:
-                metadata = networks.load(os.path.join(save_path, name)).metadata
-            except networks.WeightsFileError:
+                metadata = weights_file.load(os.path.join(save_path, name)).metadata
+            except util.WeightsFileError:
                 continue
             if metadata.get("run_id") == run_id and "evaluation" in metadata:
                 best = metadata["evaluation"] if best is None else max(best,
@@ -160,20 +162,29 @@ def main(argv):
     run_id, resuming = _open_run(FLAGS.save_path) if FLAGS.save_path else (None, False)
 
     tf.random.set_seed(FLAGS.seed)  # The networks' initial weights.
-    config = util.get_config(FLAGS.problem, "train", FLAGS.data_dir)
-    net_config = util.with_optimizer_kind(config.net_config, FLAGS.which_aml, FLAGS.fixed_lambda,
+    config = configs.get_config(FLAGS.problem, "train", FLAGS.data_dir)
+    net_config = configs.with_optimizer_kind(config.net_config, FLAGS.which_aml, FLAGS.fixed_lambda,
                                           FLAGS.lambda_mode, FLAGS.lambda_max)
     if FLAGS.net_options:
-        net_config = util.with_net_options(net_config, FLAGS.net_options)
-    optimizer = meta.MetaOptimizer(**net_config)
+        net_config = configs.with_net_options(net_config, FLAGS.net_options)
+    try:
+        optimizer = meta.MetaOptimizer(**net_config)
+    except util.UserError:
+        raise
+    except ValueError as e:
+        raise util.FlagError(f"The optimizer's options are invalid ({e}); check --net_options, "
+                             f"--fixed_lambda and --lambda_max.") from None
+    if FLAGS.meta_objective == "validation" and config.problem.sample_validation is None:
+        raise util.FlagError(f"--meta_objective=validation needs a problem with held-out data; "
+                             f"--problem={FLAGS.problem} has none (use --meta_objective=train).")
     minimize = optimizer.meta_minimize(
         config.problem, FLAGS.unroll_length, learning_rate=FLAGS.learning_rate,
         net_assignments=config.net_assignments, second_derivatives=FLAGS.second_derivatives,
         state_reset_period=FLAGS.state_reset_period, meta_objective=FLAGS.meta_objective,
         mode=FLAGS.mode)
     # Held-out epochs (validation data where the problem has data) choose the optimizer to keep.
-    eval_config = util.get_config(FLAGS.problem, "validation", FLAGS.data_dir)
-    eval_length = util.eval_unroll_length(FLAGS.num_steps)
+    eval_config = configs.get_config(FLAGS.problem, "validation", FLAGS.data_dir)
+    eval_length = meta.eval_unroll_length(FLAGS.num_steps)
     evaluation = optimizer.meta_loss(eval_config.problem, eval_length,
                                      net_assignments=eval_config.net_assignments,
                                      state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode)
@@ -203,12 +214,12 @@ def main(argv):
     writer = tf.summary.create_file_writer(FLAGS.logdir) if FLAGS.logdir else None
 
     stop = _StopRequest()
-    progress = util.Progress(FLAGS.num_epochs, int(state["epoch"]))
+    progress = cli.Progress(FLAGS.num_epochs, int(state["epoch"]))
     period_epochs, consecutive_nonfinite = [], 0
     try:
         for e in range(int(state["epoch"]), FLAGS.num_epochs):
-            epoch = util.run_epoch(minimize, num_unrolls,
-                                   util.epoch_seed(FLAGS.seed, util.TRAIN, e))
+            epoch = meta.run_epoch(minimize, num_unrolls,
+                                   meta.epoch_seed(FLAGS.seed, meta.TRAIN, e))
             state["epoch"].assign(e + 1)
             if epoch.finite:
                 consecutive_nonfinite = 0
@@ -271,10 +282,10 @@ def _log(epoch, period_epochs, writer):
     if not period_epochs:
         print(f"Epoch {epoch}\nNo finite epoch in this log period.")
         return
-    util.print_stats(f"Epoch {epoch}", sum(e.final_loss for e in period_epochs),
+    cli.print_stats(f"Epoch {epoch}", sum(e.final_loss for e in period_epochs),
                      sum(e.time for e in period_epochs), len(period_epochs))
-    stats = util.lambda_stats([r for e in period_epochs for r in e.results])
-    util.print_lambda_stats(stats)
+    stats = meta.lambda_stats([r for e in period_epochs for r in e.results])
+    cli.print_lambda_stats(stats)
     for key, (mean, low, high) in stats.items():
         _summaries(writer, epoch, {f"lambda/{key}/mean": mean, f"lambda/{key}/min": low,
                                    f"lambda/{key}/max": high})
@@ -284,13 +295,13 @@ def _evaluate(evaluation, optimizer, state, epoch, run_id, manager, writer):
     """Held-out epochs; saves the optimizer (then a checkpoint) when it beats the best so far."""
     results = []
     for _ in range(FLAGS.evaluation_epochs):
-        seed = util.epoch_seed(FLAGS.seed, util.VALIDATION, int(state["evaluations"]))
+        seed = meta.epoch_seed(FLAGS.seed, meta.VALIDATION, int(state["evaluations"]))
         state["evaluations"].assign_add(1)
-        results.append(util.run_epoch(evaluation, FLAGS.num_steps // evaluation.unroll_length,
+        results.append(meta.run_epoch(evaluation, FLAGS.num_steps // evaluation.unroll_length,
                                       seed))
     eval_cost = sum(r.final_loss for r in results)
-    util.print_stats("EVALUATION", eval_cost, sum(r.time for r in results), len(results))
-    util.report_divergence(results, "evaluation epochs")
+    cli.print_stats("EVALUATION", eval_cost, sum(r.time for r in results), len(results))
+    cli.report_divergence(results, "evaluation epochs")
     mean = eval_cost / len(results)
     _summaries(writer, epoch, {"evaluation/final_loss": mean})
     if FLAGS.save_path is not None and mean < state["best_evaluation"].numpy():
@@ -301,4 +312,4 @@ def _evaluate(evaluation, optimizer, state, epoch, run_id, manager, writer):
 
 
 if __name__ == "__main__":
-    app.run(util.cli(main))
+    app.run(cli.run(main))

@@ -13,8 +13,6 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # The repository root.
 
-import util  # First: it imports TensorFlow without its start-up chatter.  # isort: skip
-
 import json
 import os
 import resource
@@ -25,14 +23,19 @@ import time
 from absl import app
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
+import cli
+import configs
 import datasets
 import meta
 import problems
+import util
+
+tf = util.import_tensorflow()
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("problem", "mnist", sorted(util.CONFIGS), "Problem (a util.get_config name).")
+flags.DEFINE_enum("problem", "mnist", sorted(configs.CONFIGS),
+                  "Problem (a configs.get_config name).")
 flags.DEFINE_integer("hidden", 20, "Hidden units of the MNIST MLP (--problem=mnist only).",
                      lower_bound=1)
 flags.DEFINE_integer("unroll_length", 20, "Optimizee steps per meta-iteration.", lower_bound=1)
@@ -90,14 +93,14 @@ def _mnist_loader():
 
 
 def _config(hidden):
-    """(util.Config, data label) of --problem; for mnist the MLP has `hidden` units."""
+    """(configs.Config, data label) of --problem; for mnist the MLP has `hidden` units."""
     if FLAGS.problem != "mnist":
         if FLAGS["hidden"].present:
-            raise ValueError(f"--hidden applies to --problem=mnist only, not {FLAGS.problem}.")
-        config = util.get_config(FLAGS.problem, "train", FLAGS.data_dir)
+            raise util.FlagError(f"--hidden applies to --problem=mnist only, not {FLAGS.problem}.")
+        config = configs.get_config(FLAGS.problem, "train", FLAGS.data_dir)
         return config, "none" if config.problem.sample_validation is None else "real"
     loader, data = _mnist_loader()
-    config = util.get_config("mnist", "train", loader=loader)
+    config = configs.get_config("mnist", "train", loader=loader)
     problem = problems.mlp("mnist", layers=(hidden,), split="train", loader=loader)
     return config._replace(problem=problem), data
 
@@ -126,7 +129,7 @@ def _meta_iteration_times(minimize, num_unrolls, count):
     for i in range(count):
         start = time.perf_counter()
         if i % num_unrolls == 0:
-            minimize.reset(util.epoch_seed(0, util.TRAIN, i // num_unrolls))
+            minimize.reset(meta.epoch_seed(0, meta.TRAIN, i // num_unrolls))
         result = minimize()
         for tensor in tf.nest.flatten(result):
             tensor.numpy()  # Wait for the unroll, its meta-gradient and the Adam step.
@@ -148,7 +151,7 @@ def benchmark():
     optimizer = meta.MetaOptimizer(**config.net_config)
     minimize = optimizer.meta_minimize(config.problem, unroll_length, learning_rate=0.001,
                                        net_assignments=config.net_assignments, mode=FLAGS.mode)
-    eval_length = util.eval_unroll_length(num_steps)
+    eval_length = meta.eval_unroll_length(num_steps)
     evaluation = optimizer.meta_loss(config.problem, eval_length,
                                      net_assignments=config.net_assignments, mode=FLAGS.mode)
 
@@ -156,8 +159,8 @@ def benchmark():
     # epoch boundary so that one timed iteration in num_unrolls includes the reset, as training.
     times = _meta_iteration_times(minimize, num_unrolls, num_unrolls + iterations)
     train_rss = _peak_rss_mb()
-    eval_times = [util.run_epoch(evaluation, num_steps // eval_length,
-                                 util.epoch_seed(0, util.TEST, e)).time
+    eval_times = [meta.run_epoch(evaluation, num_steps // eval_length,
+                                 meta.epoch_seed(0, meta.TEST, e)).time
                   for e in range(1 + eval_epochs)]
 
     s_per_meta_iteration = statistics.median(times[num_unrolls:])
@@ -219,15 +222,14 @@ def _print_table(rows):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
+    cli.check_no_arguments(argv)
     if _setting("iterations") < 20 and not FLAGS.quick:
-        raise ValueError(f"--iterations must be >= 20 for a meaningful median, got "
+        raise util.FlagError(f"--iterations must be >= 20 for a meaningful median, got "
                          f"{FLAGS.iterations}; --quick allows fewer.")
     if FLAGS.sweep and FLAGS.compare_modes:
-        raise ValueError("--sweep and --compare_modes each run several processes; pick one.")
+        raise util.FlagError("--sweep and --compare_modes each run several processes; pick one.")
     if FLAGS.sweep and FLAGS.problem != "mnist":
-        raise ValueError(f"--sweep varies --hidden, which applies to --problem=mnist only, "
+        raise util.FlagError(f"--sweep varies --hidden, which applies to --problem=mnist only, "
                          f"not {FLAGS.problem}.")
     if not (FLAGS.sweep or FLAGS.compare_modes):
         result = benchmark()
@@ -254,4 +256,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(util.cli(main))
+    app.run(cli.run(main))

@@ -9,7 +9,7 @@ from absl.testing import parameterized
 import pytest
 import tensorflow as tf
 
-import util
+import cli
 from conftest import REPO_ROOT
 
 # A few tiny epochs: enough to exercise every path of the loop.
@@ -73,7 +73,7 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(sorted(losses), [0.001, 0.01, 0.1])
         best = min(losses, key=losses.get)
         self.assertIn(f"Best learning rate: {best:g}", result.stdout)
-        header, _ = util.read_history(history)
+        header, _ = cli.read_history(history)
         self.assertIn(f"learning_rate={best!r} chosen from [0.001, 0.01, 0.1]", header)
 
     @parameterized.named_parameters(

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import configs
 import datasets
 import meta
-import util
 from conftest import REPO_ROOT, shared_path
 from fake_data import cifar_bytes, make_mnist, random_images
 
@@ -64,7 +64,7 @@ def _loss_and_grads(problem, params, data):
 
 @pytest.mark.parametrize("name", DATA_PROBLEMS)
 def test_initial_loss_is_ln_classes_and_every_parameter_has_a_gradient(name, data_dir):
-    problem = util.get_config(name, "train", data_dir).problem
+    problem = configs.get_config(name, "train", data_dir).problem
     params = problem.init(SEED)
     assert len(params) == len(problem.names)
     loss, grads = _loss_and_grads(problem, params, problem.sample(SEED, 0))
@@ -80,7 +80,7 @@ def test_initial_loss_is_ln_classes_and_every_parameter_has_a_gradient(name, dat
 @pytest.mark.parametrize("name, learning_rate", [("mnist", 0.01), ("iris", 0.1), ("cifar", 0.01),
                                                  ("cifar100-mlp", 0.01)])
 def test_a_few_adam_steps_lower_the_loss(name, learning_rate, data_dir):
-    problem = util.get_config(name, "train", data_dir).problem
+    problem = configs.get_config(name, "train", data_dir).problem
     unroll = meta.BaselineUnroll(problem, "Adam", learning_rate, unroll_length=15, mode="graph")
     unroll.reset([0, 0])
     losses = unroll().losses.numpy()
@@ -88,7 +88,7 @@ def test_a_few_adam_steps_lower_the_loss(name, learning_rate, data_dir):
 
 
 def test_mnist_architectures(data_dir):
-    shapes = {name: [p.shape.as_list() for p in util.get_config(name, "train", data_dir)
+    shapes = {name: [p.shape.as_list() for p in configs.get_config(name, "train", data_dir)
                      .problem.init(SEED)] for name in ("mnist", "mnist-40", "mnist-2layer")}
     assert shapes["mnist"] == [[784, 20], [20], [20, 10], [10]]
     assert shapes["mnist-40"] == [[784, 40], [40], [40, 10], [10]]
@@ -96,8 +96,8 @@ def test_mnist_architectures(data_dir):
 
 
 def test_mnist_relu_differs_from_sigmoid_only_in_the_activation(data_dir):
-    sigmoid = util.get_config("mnist", "train", data_dir).problem
-    relu = util.get_config("mnist-relu", "train", data_dir).problem
+    sigmoid = configs.get_config("mnist", "train", data_dir).problem
+    relu = configs.get_config("mnist-relu", "train", data_dir).problem
     params = sigmoid.init(SEED)
     data = sigmoid.sample(SEED, 3)
     inputs, labels = data
@@ -108,7 +108,7 @@ def test_mnist_relu_differs_from_sigmoid_only_in_the_activation(data_dir):
 
 
 def test_batches_are_scaled_images_drawn_per_step(data_dir):
-    problem = util.get_config("mnist", "train", data_dir).problem
+    problem = configs.get_config("mnist", "train", data_dir).problem
     (x0, y0), (x0_again, _), (x1, _) = (problem.sample(SEED, 0), problem.sample(SEED, 0),
                                         problem.sample(SEED, 1))
     assert x0.shape == (128, 784) and y0.shape == (128,)
@@ -119,7 +119,7 @@ def test_batches_are_scaled_images_drawn_per_step(data_dir):
 
 
 def test_held_out_batches_come_from_the_validation_split(data_dir):
-    problem = util.get_config("mnist", "train", data_dir).problem
+    problem = configs.get_config("mnist", "train", data_dir).problem
     train_x, _ = datasets.load("mnist", "train", data_dir)
     valid_x, _ = datasets.load("mnist", "validation", data_dir)
     train_rows = {row.tobytes() for row in train_x.reshape(len(train_x), -1)}
@@ -131,19 +131,19 @@ def test_held_out_batches_come_from_the_validation_split(data_dir):
 
     assert rows(problem.sample(SEED, 0)) <= train_rows
     assert rows(problem.sample_validation(SEED, 0)) <= valid_rows
-    assert util.get_config("mnist", "test", data_dir).problem.sample_validation is None
+    assert configs.get_config("mnist", "test", data_dir).problem.sample_validation is None
 
 
 def test_evaluation_uses_the_test_split(data_dir):
     test_x, _ = datasets.load("mnist", "test", data_dir)
-    problem = util.get_config("mnist", "test", data_dir).problem
+    problem = configs.get_config("mnist", "test", data_dir).problem
     pixels = np.round(problem.sample(SEED, 0)[0].numpy() * 255).astype(np.uint8)
     test_rows = {row.tobytes() for row in test_x.reshape(len(test_x), -1)}
     assert {row.tobytes() for row in pixels} <= test_rows
 
 
 def test_cifar_multi_assigns_every_variable_to_exactly_one_network(data_dir):
-    config = util.get_config("cifar-multi", "train", data_dir)
+    config = configs.get_config("cifar-multi", "train", data_dir)
     (conv_key, conv), (fc_key, fc) = config.net_assignments
     assert (conv_key, fc_key) == ("conv", "fc")
     assert conv == [f"conv_net_2d/conv_2d_{i}/w" for i in range(3)]
@@ -156,7 +156,7 @@ def test_cifar_multi_assigns_every_variable_to_exactly_one_network(data_dir):
 
 
 def test_cifar_network_shapes(data_dir):
-    problem = util.get_config("cifar", "train", data_dir).problem
+    problem = configs.get_config("cifar", "train", data_dir).problem
     shapes = dict(zip(problem.names, [p.shape.as_list() for p in problem.init(SEED)]))
     assert shapes["conv_net_2d/conv_2d_0/w"] == [5, 5, 3, 16]
     assert shapes["conv_net_2d/conv_2d_2/w"] == [5, 5, 16, 16]
@@ -169,7 +169,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # No download in tests.
     with pytest.raises(datasets.DatasetError, match="Dataset 'cifar10' not found.*--data_dir"):
-        util.get_config("cifar", "train", str(tmp_path))
+        configs.get_config("cifar", "train", str(tmp_path))
 
 
 def _cli(*args):

@@ -13,7 +13,7 @@ import tensorflow as tf
 import meta
 import networks
 import problems
-import util
+import weights_file
 from conftest import REPO_ROOT
 
 # Tiny quadratic epochs: a run of a dozen epochs takes seconds.
@@ -87,7 +87,7 @@ class ResumeTest(tf.test.TestCase):
         for name in expected:
             self.assertAllClose(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
         self.assertEqual(int(got["epoch/.ATTRIBUTES/VARIABLE_VALUE"]), 12)
-        saved = networks.load(os.path.join(killed, "cw.l2l"))
+        saved = weights_file.load(os.path.join(killed, "cw.l2l"))
         self.assertEqual(saved.metadata["epoch"] % 4, 0)  # Saved at an evaluation.
         networks.factory(saved.net, net_path=os.path.join(killed, "cw.l2l"))
 
@@ -132,14 +132,14 @@ class NonFiniteTest(tf.test.TestCase):
             "layers": (), "initializer": {"linear": {"w": [[-0.1]], "b": [0.0]}}}})
         unroll = optimizer.meta_minimize(problem, 3, learning_rate=1e-3, mode="graph")
         # The step -0.1 g is gradient descent: x moves towards 1, everything stays finite.
-        epoch = util.run_epoch(unroll, 4, [0, 0])
+        epoch = meta.run_epoch(unroll, 4, [0, 0])
         self.assertTrue(epoch.finite)
         self.assertLen(epoch.results, 4)
         # The step +2 g jumps from x = 0.5 to -1.5: the loss turns NaN in the first unroll.
         w = next(v for v in unroll.variables if v.shape == (1, 1))
         w.assign([[2.0]])
         before = [v.numpy() for v in unroll.variables]
-        epoch = util.run_epoch(unroll, 4, [0, 1])
+        epoch = meta.run_epoch(unroll, 4, [0, 1])
         self.assertFalse(epoch.finite)
         self.assertLen(epoch.results, 1)  # The epoch stopped after that unroll.
         self.assertFalse(bool(epoch.results[0].applied))

@@ -9,10 +9,11 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
+import cli
+import configs
 import meta
 import networks
 import problems
-import util
 from conftest import REPO_ROOT
 
 
@@ -42,7 +43,7 @@ class FixedLambdaTest(tf.test.TestCase):
         def train(net, **options):
             tf.random.set_seed(4)
             optimizer = meta.MetaOptimizer(**_config(net, **options))
-            unroll = optimizer.meta_minimize(util.get_config("quadratic").problem, 5,
+            unroll = optimizer.meta_minimize(configs.get_config("quadratic").problem, 5,
                                              learning_rate=0.01, mode="graph")
             unroll.reset([0, 0])
             losses = [unroll().losses.numpy() for _ in range(3)]
@@ -130,15 +131,15 @@ class LearnedLambdaTest(tf.test.TestCase, parameterized.TestCase):
 class OptimizerKindTest(tf.test.TestCase):
 
     def test_with_optimizer_kind_converts_only_the_lstms(self):
-        config = util.get_config("simple-multi").net_config
-        fixed = util.with_optimizer_kind(config, "fixed", fixed_lambda=0.03)
+        config = configs.get_config("simple-multi").net_config
+        fixed = configs.with_optimizer_kind(config, "fixed", fixed_lambda=0.03)
         self.assertEqual(fixed["cw"]["net"], "FixedLambdaDeepLSTM")
         self.assertEqual(fixed["cw"]["net_options"]["fixed_lambda"], 0.03)
         self.assertEqual(fixed["adam"], config["adam"])
-        learned = util.with_optimizer_kind(config, "learned", 0.03, "scalar", 0.2)
+        learned = configs.with_optimizer_kind(config, "learned", 0.03, "scalar", 0.2)
         self.assertEqual(learned["cw"]["net_options"]["lambda_mode"], "scalar")
         self.assertEqual(learned["cw"]["net_options"]["init_lambda"], 0.03)
-        self.assertEqual(util.with_optimizer_kind(config, "L2L"), config)
+        self.assertEqual(configs.with_optimizer_kind(config, "L2L"), config)
 
 
 def _run(script, *args):
@@ -171,7 +172,7 @@ class LambdaCliTest(tf.test.TestCase, parameterized.TestCase):
                         f"--history_path={history}")
         self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
         self.assertIn("Log Mean Final Error", evaluate.stdout)
-        header, rows = util.read_history(history)
+        header, rows = cli.read_history(history)
         self.assertEqual(rows.shape, (3, 4))  # One row per epoch, one column per step.
         self.assertIn(f"optimizer={kind} problem=quadratic num_steps=4", header)
         if kind == "fixed":
@@ -188,7 +189,7 @@ class LambdaCliTest(tf.test.TestCase, parameterized.TestCase):
             cwd=directory, capture_output=True, text=True, timeout=300,
             env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
         self.assertEqual(result.returncode, 0, result.stderr)
-        header, rows = util.read_history(
+        header, rows = cli.read_history(
             os.path.join(directory, "saved_histories", "quadratic_Adam.csv"))
         self.assertEqual(rows.shape, (2, 5))
         self.assertIn("learning_rate=0.1", header)
@@ -207,7 +208,7 @@ class LambdaCliTest(tf.test.TestCase, parameterized.TestCase):
                       f"--path={directory}", "--fixed_lambda=0.1", "--num_epochs=1",
                       "--num_steps=2", f"--history_path={directory}/h.csv")
         self.assertEqual(chosen.returncode, 0, chosen.stderr)
-        self.assertIn("fixed_lambda=0.1", util.read_history(f"{directory}/h.csv")[0])
+        self.assertIn("fixed_lambda=0.1", cli.read_history(f"{directory}/h.csv")[0])
 
     def test_validation_objective_needs_data(self):
         result = _run("train.py", "--problem=quadratic", "--meta_objective=validation",

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import util
+import cli
 from conftest import REPO_ROOT, shared_path
 
 
@@ -27,7 +27,7 @@ def test_quadratic_l2l_reset_every_step_ends_near_the_forks_0_214(tmp_path):
                        "--state_reset_period=1", "--num_epochs=100",
                        f"--history_path={history}")
     assert result.returncode == 0, result.stderr
-    _, losses = util.read_history(str(history))
+    _, losses = cli.read_history(str(history))
     assert losses.shape == (100, 100)
     assert 0.19 < np.mean(losses[:, -1]) < 0.24
 
@@ -44,7 +44,7 @@ def test_fixed_lambda_file_is_chosen_by_lambda(tmp_path):
                        "--fixed_lambda=1e-5", "--num_epochs=2", "--num_steps=20",
                        f"--history_path={history}")
     assert chosen.returncode == 0, chosen.stderr
-    header, losses = util.read_history(str(history))
+    header, losses = cli.read_history(str(history))
     assert "fixed_lambda=1e-05" in header and losses.shape == (2, 20)
 
 
@@ -56,6 +56,6 @@ def test_legacy_mnist_optimizer_on_mnist(tmp_path):
                        f"--path={legacy}", "--num_epochs=2", "--num_steps=50",
                        f"--history_path={history}")
     assert result.returncode == 0, result.stderr
-    _, losses = util.read_history(str(history))
+    _, losses = cli.read_history(str(history))
     # From ln(10) = 2.30 at the start, the fork's optimizer gets well below 1 in 50 steps.
     assert np.mean(losses[:, -1]) < 0.8

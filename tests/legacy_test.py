@@ -1,4 +1,4 @@
-"""Tests for legacy.py and convert.py: safe unpickling, inference, and the Sonnet 1 -> 2 conversion.
+"""Tests for legacy.py and convert.py: safe unpickling, inference, and Sonnet 1's numbers.
 
 Legacy pickles are written here in the layout of the TF1 code's `dill` files (without dill), so
 the tests run without the shared fixtures; with them, the real files are checked as well.
@@ -23,6 +23,8 @@ from conftest import REPO_ROOT, shared_path
 import convert
 import legacy
 import networks
+import util
+import weights_file
 
 _FOLDERS = {"quadratic": dict(preprocess_name="identity", preprocess_options={}, scale=1.0),
             "mnist": dict(preprocess_name="LogAndSign", preprocess_options={"k": 5}, scale=0.01)}
@@ -326,29 +328,6 @@ class UnpicklingTest(tf.test.TestCase, parameterized.TestCase):
             legacy.read_pickle("x.l2l", data)
 
 
-class ConvertLstmTest(tf.test.TestCase):
-
-    def test_reorders_gates_and_adds_the_forget_bias(self):
-        hidden, inputs = 2, 3
-        # Column block g of row r holds 10 * r + g: the blocks are (i, j, f, o) = (0, 1, 2, 3).
-        w = np.repeat(10.0 * np.arange(inputs + hidden)[:, None] + np.arange(4), hidden, axis=1)
-        b = np.repeat(np.arange(4.0), hidden).astype(np.float32)
-        out = legacy.convert_lstm(w.astype(np.float32), b, inputs)
-        self.assertAllEqual(out["w_i"][:, ::hidden], 10.0 * np.arange(3)[:, None] + [0, 2, 1, 3])
-        self.assertAllEqual(out["w_h"][:, ::hidden], 10.0 * np.arange(3, 5)[:, None] + [0, 2, 1, 3])
-        self.assertAllEqual(out["b"], np.repeat([0.0, 3.0, 1.0, 3.0], hidden))  # f: 2 + 1.
-        self.assertEqual(out["b"].dtype, np.float32)
-        self.assertAllEqual(legacy.convert_lstm(w, b, inputs, forget_bias=0.0)["b"][2:4], [2, 2])
-
-    def test_shape_errors(self):
-        w, b = np.zeros((5, 8)), np.zeros(8)
-        with self.assertRaisesRegex(ValueError, r"b_gates has shape \(7,\)"):
-            legacy.convert_lstm(w, np.zeros(7), 3)
-        with self.assertRaisesRegex(ValueError, r"w_gates has shape \(5, 8\); with 2 inputs and 2 "
-                                    r"hidden units expected \(4, 8\)"):
-            legacy.convert_lstm(w, b, 2)
-
-
 class NumericalTest(tf.test.TestCase, parameterized.TestCase):
     """The converted network computes what the Sonnet 1 network computed, step after step."""
 
@@ -375,7 +354,7 @@ class NumericalTest(tf.test.TestCase, parameterized.TestCase):
         arrays = random_arrays(features * 10 + len(layers), features, layers)
         path = write(self.get_temp_dir(), f"cw{features}{len(layers)}.l2l", arrays)
         scale = {1: 1.0, 2: 0.01}[features]
-        self.assertEqual(networks.load(path).net_options["layers"], list(layers))
+        self.assertEqual(weights_file.load(path).net_options["layers"], list(layers))
         self.assert_matches_sonnet1(path, arrays, scale)
 
     @parameterized.parameters("quadratic", "mnist")
@@ -401,7 +380,7 @@ class InferenceTest(tf.test.TestCase, parameterized.TestCase):
                                 for name in ["cw.l2l", *_LAMBDAS]])
     def test_real_files(self, folder, name):
         path = str(shared_path("legacy", "saved_optimizers", folder, name))
-        saved = networks.load(path)
+        saved = weights_file.load(path)
         expected = dict(layers=[20, 20], **_FOLDERS[folder])
         if name in _LAMBDAS:
             expected["fixed_lambda"] = _LAMBDAS[name]
@@ -409,7 +388,7 @@ class InferenceTest(tf.test.TestCase, parameterized.TestCase):
                          else "CoordinateWiseDeepLSTM")
         self.assertEqual(saved.net_options, expected)
         self.assertEqual({k: sorted(v) for k, v in saved.weights.items()},
-                         {"lstm_1": ["b", "w_h", "w_i"], "lstm_2": ["b", "w_h", "w_i"],
+                         {"lstm_1": ["b_gates", "w_gates"], "lstm_2": ["b_gates", "w_gates"],
                           "linear": ["b", "w"]})
 
     @parameterized.parameters(("cw.l2l", None), ("fc.l2l", None), ("cwfixed0.01.l2l", 0.01),
@@ -417,7 +396,7 @@ class InferenceTest(tf.test.TestCase, parameterized.TestCase):
                               ("prefixedfixed2.l2l", 2.0), ("anything", None))
     def test_class_and_lambda_from_the_name(self, name, fixed_lambda):
         path = write(self.get_temp_dir(), name, random_arrays(0, 2, (3,)))
-        saved = legacy.load(path)
+        saved = weights_file.load(path)
         self.assertEqual(saved.net, "FixedLambdaDeepLSTM" if fixed_lambda else
                          "CoordinateWiseDeepLSTM")
         self.assertEqual(saved.net_options.get("fixed_lambda"), fixed_lambda)
@@ -431,7 +410,7 @@ class InferenceTest(tf.test.TestCase, parameterized.TestCase):
         path = write(self.get_temp_dir(), name, random_arrays(0, 2, (3,)))
         with self.assertRaisesRegex(legacy.LegacyFormatError, f"{name}: cannot read lambda .* from "
                                     r"the file name; name fixed-lambda files"):
-            networks.load(path)
+            weights_file.load(path)
 
     def test_bad_networks(self):
         def variant(change):
@@ -468,20 +447,20 @@ class InferenceTest(tf.test.TestCase, parameterized.TestCase):
         for arrays, message in cases:
             path = write(self.get_temp_dir(), "cw.l2l", arrays)
             with self.assertRaisesRegex(legacy.LegacyFormatError, message):
-                networks.load(path)
+                weights_file.load(path)
 
     def test_networks_load_and_factory(self):
         path = write(self.get_temp_dir(), "cwfixed0.01.l2l", random_arrays(2, 1, (4, 4)))
-        saved = networks.load(path)
-        expected = legacy.load(path)
+        saved = weights_file.load(path)
+        expected = weights_file.load(path)
         self.assertEqual((saved.net, saved.net_options), (expected.net, expected.net_options))
         tf.nest.map_structure(self.assertAllEqual, saved.weights, expected.weights)
         network = networks.factory("FixedLambdaDeepLSTM", net_path=path)
         tf.nest.map_structure(self.assertAllEqual, network.get_weights(), saved.weights)
-        with self.assertRaisesRegex(networks.WeightsFileError, "cwfixed0.01.l2l holds a "
+        with self.assertRaisesRegex(util.WeightsFileError, "cwfixed0.01.l2l holds a "
                                     "FixedLambdaDeepLSTM, not a CoordinateWiseDeepLSTM"):
             networks.factory("CoordinateWiseDeepLSTM", net_path=path)
-        with self.assertRaisesRegex(networks.WeightsFileError, "does not fit the network: "
+        with self.assertRaisesRegex(util.WeightsFileError, "does not fit the network: "
                                     r"layers=\[4, 4\] in the file but \[20, 20\] asked for"):
             networks.factory("FixedLambdaDeepLSTM", {"layers": (20, 20)}, net_path=path)
 
@@ -496,7 +475,7 @@ class ConvertTest(tf.test.TestCase):
         return directory
 
     def assert_same_steps(self, legacy_path, converted_path):
-        net_name = networks.load(legacy_path).net
+        net_name = weights_file.load(legacy_path).net
         legacy_net = networks.factory(net_name, net_path=legacy_path)
         converted_net = networks.factory(net_name, net_path=converted_path)
         self.assertEqual(converted_net.options, legacy_net.options)

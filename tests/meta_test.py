@@ -176,15 +176,29 @@ class NetAssignmentsTest(tf.test.TestCase, parameterized.TestCase):
         ("unknown_variable", [("cw", ["x_0", "x_9"]), ("adam", ["x_1"])],
          "Unknown variable 'x_9'"),
         ("repeated_net", [("cw", ["x_0"]), ("cw", ["x_1"])], "Network 'cw' appears twice"),
-        ("variable_twice", [("cw", ["x_0", "x_1"]), ("adam", ["x_1"])],
-         "'x_1' is assigned to both networks 'cw' and 'adam'"),
-        ("uncovered", [("cw", ["x_0"])], r"\['x_1'\] are not assigned"),
         ("missing", None, "net_assignments is needed with several networks"),
     )
     def test_bad_assignments_are_clear_errors(self, assignments, message):
         with self.assertRaisesRegex(ValueError, message):
             self._simple_multi().meta_loss(problems.simple_multi_optimizer(), 2,
                                            net_assignments=assignments)
+
+    def test_unassigned_variable_stays_and_shared_variable_gets_both_steps(self):
+        # As the original: x_1 belongs to no network and keeps its value; x_0 belongs to two
+        # SGD networks, each seeing x_0 before the step: x_0 <- x_0 - (0.1 + 0.2) * 2 x_0.
+        optimizer = meta.MetaOptimizer(a={"net": "Sgd", "net_options": {"learning_rate": 0.1}},
+                                       b={"net": "Sgd", "net_options": {"learning_rate": 0.2}})
+        with self.assertLogs(level="WARNING") as logs:
+            unroll = optimizer.meta_loss(problems.simple_multi_optimizer(), 3,
+                                         net_assignments=[("a", ["x_0"]), ("b", ["x_0"])],
+                                         mode="graph")
+        self.assertIn("['x_1'] are assigned to no network", "".join(logs.output))
+        unroll.reset([0, 0])
+        result = unroll()
+        x_0, x_1 = unroll.carry.params
+        self.assertAllClose(x_0, 0.4**3, rtol=1e-6)
+        self.assertEqual(float(x_1), 1.0)
+        self.assertAllClose(result.losses, [0.16**t + 1.0 for t in range(4)], rtol=1e-6)
 
     def test_meta_minimize_needs_trainable_weights(self):
         optimizer = meta.MetaOptimizer(adam={"net": "Adam"})
@@ -350,6 +364,36 @@ class SaveTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, r"unroll_length \(30\) must be positive and "
                                                 r"divide num_steps \(100\)"):
             meta.num_unrolls(100, 30)
+
+
+class SeedTest(tf.test.TestCase):
+
+    def test_epoch_seeds_are_deterministic_and_distinct(self):
+        a = meta.epoch_seed(0, meta.TRAIN, 5)
+        self.assertEqual(a.dtype, np.int32)
+        self.assertAllEqual(a, meta.epoch_seed(0, meta.TRAIN, 5))
+        others = [meta.epoch_seed(0, meta.TRAIN, 6), meta.epoch_seed(0, meta.TEST, 5),
+                  meta.epoch_seed(1, meta.TRAIN, 5)]
+        for other in others:
+            self.assertNotAllClose(a, other)
+
+    def test_eval_unroll_length(self):
+        self.assertEqual(meta.eval_unroll_length(100), 100)
+        self.assertEqual(meta.eval_unroll_length(200), 100)
+        self.assertEqual(meta.eval_unroll_length(150), 75)
+        self.assertEqual(meta.eval_unroll_length(101), 1)
+
+
+class RunEpochTest(tf.test.TestCase):
+
+    def test_history_counts_every_step_once(self):
+        optimizer = meta.MetaOptimizer(sgd={"net": "Sgd", "net_options": {"learning_rate": 0.25}})
+        unroll = optimizer.meta_loss(problems.simple(), 2, mode="graph")
+        epoch = meta.run_epoch(unroll, 3, meta.epoch_seed(0, meta.TEST, 0))
+        # SGD on x^2 with lr 0.25 halves x: the loss after step t is 0.25^t.
+        self.assertAllClose(epoch.history, 0.25 ** np.arange(1, 7), rtol=1e-6)
+        self.assertAllClose(epoch.final_loss, 0.25**6, rtol=1e-6)
+        self.assertGreater(epoch.time, 0.0)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """Tests for networks.py: preprocessing, shapes, baselines, the lambda rule, save and load."""
 
+import io
 import json
 import os
 import zipfile
 
 from absl.testing import parameterized
 import numpy as np
+import sonnet as snt
 import tensorflow as tf
 
 import networks
+import util
+import weights_file
 
 
 def _lstm(**options):
@@ -57,22 +61,40 @@ class ShapeTest(tf.test.TestCase, parameterized.TestCase):
             self.assertEqual(step2.shape, grad.shape)
 
     @parameterized.parameters([(5, 4)], [(3,)], [()])
-    def test_coordinatewise_columns_equal_sonnet_rows(self, layers):
-        # The fused column layout computes what Sonnet's snt.LSTM computes with a row per
-        # coordinate, state included, step after step.
+    def test_coordinatewise_columns_equal_sonnet_2_rows(self, layers):
+        # The column layout computes what Sonnet 2's own snt.LSTM computes with a row per
+        # coordinate (its weights converted from Sonnet 1's layout), state included, step after
+        # step: an independent reference for the LSTM arithmetic.
         net = _lstm(layers=layers, preprocess_name="LogAndSign", preprocess_options={"k": 5},
                     scale=0.1)
         for weights in net.weights().values():
             for v in weights.values():
                 v.assign(tf.random.stateless_normal(v.shape, seed=[3, v.shape.num_elements()]))
+        cores, fan_in = [], 2
+        for i, units in enumerate(layers, start=1):
+            w, b = (net.weights()[f"lstm_{i}"][n].numpy() for n in ("w_gates", "b_gates"))
+            order = lambda x: np.concatenate([x[..., :units], x[..., 2 * units:3 * units],
+                                              x[..., units:2 * units], x[..., 3 * units:]], -1)
+            core = snt.LSTM(units, forget_bias=0.0)
+            core(tf.zeros([1, fan_in]), core.initial_state(1))  # Creates its variables.
+            core.input_to_hidden.assign(order(w[:fan_in]))
+            core.hidden_to_hidden.assign(order(w[fan_in:]))
+            b_f = np.zeros(4 * units, np.float32)
+            b_f[units:2 * units] = 1.0  # Sonnet 1's forget bias, in Sonnet 2's gate order.
+            core.b.assign(order(b) + b_f)
+            cores.append(core)
+            fan_in = units
+        linear = net.weights()["linear"]
         grad = tf.random.stateless_normal([6, 7], seed=[1, 2]) * 0.01
         state = net.initial_state_for_inputs(grad)
-        rows_state = net._zero_state(42)
+        rows_state = [core.initial_state(42) for core in cores]
         for _ in range(3):
             step, state = net(grad, state)
-            hidden, rows_state = net._hidden(tf.reshape(grad, [-1, 1]), rows_state)
-            self.assertAllClose(step, tf.reshape(net._delta(hidden), [6, 7]), rtol=1e-5,
-                                atol=1e-7)
+            hidden = networks.log_and_sign(tf.reshape(grad, [-1, 1]), 5.0)
+            for i, core in enumerate(cores):
+                hidden, rows_state[i] = core(hidden, rows_state[i])
+            reference = (tf.matmul(hidden, linear["w"]) + linear["b"]) * 0.1
+            self.assertAllClose(step, tf.reshape(reference, [6, 7]), rtol=1e-5, atol=1e-7)
             for cols, rows in zip(state, rows_state):
                 self.assertAllClose(tf.transpose(cols.hidden), rows.hidden, rtol=1e-5, atol=1e-6)
                 self.assertAllClose(tf.transpose(cols.cell), rows.cell, rtol=1e-5, atol=1e-6)
@@ -84,9 +106,9 @@ class ShapeTest(tf.test.TestCase, parameterized.TestCase):
         step, _ = net(grad, net.initial_state_for_inputs(grad))
         self.assertEqual(step.shape, grad.shape)
         # Filter (in=1, out=4) alone through the same network gives the same step.
-        row = tf.reshape(grad[:, :, 1, 4], [1, 9])
-        row_step = net._delta(net._hidden(row, net._zero_state(1))[0])
-        self.assertAllClose(tf.reshape(row_step, [3, 3]), step[:, :, 1, 4], rtol=1e-5, atol=1e-7)
+        alone = grad[:, :, 1:2, 4:5]
+        alone_step, _ = net(alone, net.initial_state_for_inputs(alone))
+        self.assertAllClose(alone_step[:, :, 0, 0], step[:, :, 1, 4], rtol=1e-5, atol=1e-7)
 
     def test_kernel_lstm_refuses_another_kernel_shape(self):
         net = networks.KernelDeepLSTM([3, 3], layers=(4,))
@@ -99,7 +121,9 @@ class ShapeTest(tf.test.TestCase, parameterized.TestCase):
         inputs = tf.ones([4, 2])
         step, state = net(inputs, net.initial_state_for_inputs(inputs))
         self.assertEqual(step.shape, (4, 3))
-        self.assertEqual(net.weights()["lstm_1"]["w_i"].shape, (4, 24))  # 2 inputs x 2 features.
+        # 2 inputs x 2 features, then 6 hidden units; Sonnet 1's gates for both.
+        self.assertEqual(net.weights()["lstm_1"]["w_gates"].shape, (4 + 6, 24))
+        self.assertEqual(net.options["input_size"], 2)  # Recorded at the first call.
 
 
 class BaselineNetworkTest(tf.test.TestCase):
@@ -173,10 +197,8 @@ class InitializerTest(tf.test.TestCase):
         grad = tf.random.stateless_normal([10], seed=[5, 6])
         step, _ = net(grad, net.initial_state_for_inputs(grad))
         self.assertAllEqual(step, np.zeros(10))
-        # Sonnet 2 keeps the forget bias in the bias variable, as Sonnet 1 added it at run time.
-        b = net.weights()["lstm_1"]["b"].numpy()
-        self.assertAllEqual(b[5:10], np.ones(5))
-        self.assertAllEqual(np.delete(b, range(5, 10)), np.zeros(15))
+        # As Sonnet 1: the bias variable is zeros; the forget bias is added at run time.
+        self.assertAllEqual(net.weights()["lstm_1"]["b_gates"], np.zeros(20))
 
     def test_per_layer_initializer_dict(self):
         w = np.full([4, 1], 0.5, np.float32)
@@ -184,16 +206,24 @@ class InitializerTest(tf.test.TestCase):
         self.assertAllEqual(net.weights()["linear"]["w"], w)
         self.assertAllEqual(net.weights()["linear"]["b"], [1.0])
 
-    def test_wrong_array_shape_is_a_clear_error(self):
-        with self.assertRaisesRegex(ValueError, r"linear/w have shape \(3, 1\).*needs \(4, 1\)"):
-            _lstm(initializer={"linear": {"w": np.zeros([3, 1], np.float32)}})
+    def test_arrays_fill_the_variable_as_tf1_constant_initializer(self):
+        # A smaller array fills the variable in order and repeats its last value.
+        net = _lstm(initializer={"linear": {"w": np.array([[0.5], [2.0]], np.float32)}})
+        self.assertAllEqual(net.weights()["linear"]["w"], [[0.5], [2.0], [2.0], [2.0]])
+        with self.assertRaisesRegex(ValueError, r"linear/w have shape \(5, 1\).*needs \(4, 1\), "
+                                                r"and 5 values cannot fill 4"):
+            _lstm(initializer={"linear": {"w": np.zeros([5, 1], np.float32)}})
 
     def test_default_gate_initializer_is_sonnet_1s(self):
         tf.random.set_seed(0)
         net = _lstm(layers=(200,))
-        w = net.weights()["lstm_1"]["w_h"].numpy()
-        # Truncated normal of stddev 1/sqrt(1 + 200): sample stddev 0.88 of that.
+        # Truncated normal of stddev 1/sqrt(1 + 200) (sample stddev 0.88 of that), the biases
+        # too (Sonnet 1's default), the forget bias added at run time.
+        w = net.weights()["lstm_1"]["w_gates"].numpy()
         self.assertAllClose(w.std(), 0.88 / np.sqrt(201), rtol=0.03)
+        b = net.weights()["lstm_1"]["b_gates"].numpy()
+        self.assertAllClose(b.std(), 0.88 / np.sqrt(201), rtol=0.1)
+        self.assertLess(abs(b.mean()), 0.01)
 
 
 class SaveLoadTest(tf.test.TestCase, parameterized.TestCase):
@@ -228,10 +258,10 @@ class SaveLoadTest(tf.test.TestCase, parameterized.TestCase):
     def test_file_that_does_not_fit_is_a_clear_error(self):
         path = os.path.join(self.get_temp_dir(), "cw.l2l")
         networks.save(_lstm(layers=(5, 4)), path)
-        with self.assertRaisesRegex(networks.WeightsFileError,
+        with self.assertRaisesRegex(util.WeightsFileError,
                                     r"layers=\[5, 4\] in the file but \[20, 20\] asked for"):
             networks.factory("CoordinateWiseDeepLSTM", {"layers": (20, 20)}, path)
-        with self.assertRaisesRegex(networks.WeightsFileError,
+        with self.assertRaisesRegex(util.WeightsFileError,
                                     "holds a CoordinateWiseDeepLSTM, not a FixedLambdaDeepLSTM"):
             networks.factory("FixedLambdaDeepLSTM", {}, path)
 
@@ -243,15 +273,15 @@ class SaveLoadTest(tf.test.TestCase, parameterized.TestCase):
         truncated = os.path.join(directory, "truncated.l2l")
         with open(truncated, "wb") as f:
             f.write(data[:len(data) // 2])
-        with self.assertRaisesRegex(networks.WeightsFileError, "truncated.l2l is a damaged"):
-            networks.load(truncated)
+        with self.assertRaisesRegex(util.WeightsFileError, "truncated.l2l is a damaged"):
+            weights_file.load(truncated)
         text = os.path.join(directory, "text.l2l")
         with open(text, "w") as f:
             f.write("hello")
-        with self.assertRaisesRegex(networks.WeightsFileError, "not an optimizer file"):
-            networks.load(text)
-        with self.assertRaisesRegex(networks.WeightsFileError, "Cannot read optimizer file"):
-            networks.load(os.path.join(directory, "missing.l2l"))
+        with self.assertRaisesRegex(util.WeightsFileError, "not an optimizer file"):
+            weights_file.load(text)
+        with self.assertRaisesRegex(util.WeightsFileError, "Cannot read optimizer file"):
+            weights_file.load(os.path.join(directory, "missing.l2l"))
 
     def test_weights_that_do_not_match_the_recorded_options_are_refused(self):
         path = os.path.join(self.get_temp_dir(), "edited.l2l")
@@ -265,9 +295,41 @@ class SaveLoadTest(tf.test.TestCase, parameterized.TestCase):
         with zipfile.ZipFile(path, "w") as archive:
             for name, data in entries.items():
                 archive.writestr(name, data)
-        with self.assertRaisesRegex(networks.WeightsFileError, r"edited.l2l holds weights .*"
+        with self.assertRaisesRegex(util.WeightsFileError, r"edited.l2l holds weights .*"
                                     r"lstm_2.*; a CoordinateWiseDeepLSTM with these options has"):
             networks.factory("CoordinateWiseDeepLSTM", net_path=path)
+
+    def test_version_1_files_of_sonnet_2_layout_load_as_the_same_network(self):
+        # Version 1 stored Sonnet 2's w_i, w_h, b (gates i, f, g, o, forget bias inside b).
+        tf.random.set_seed(2)
+        net = _lstm(layers=(5, 4), preprocess_name="LogAndSign", preprocess_options={"k": 5})
+        arrays = net.get_weights()
+        for i, units in ((1, 5), (2, 4)):
+            w, b = arrays[f"lstm_{i}"]["w_gates"], arrays[f"lstm_{i}"]["b_gates"] + 0.5
+            net.weights()[f"lstm_{i}"]["b_gates"].assign(b)  # Forget biases around 1.5.
+            order = lambda x: np.concatenate([x[..., :units], x[..., 2 * units:3 * units],
+                                              x[..., units:2 * units], x[..., 3 * units:]], -1)
+            fan_in = w.shape[0] - units
+            b2 = order(b)
+            b2[units:2 * units] += 1.0
+            arrays[f"lstm_{i}"] = {"w_i": order(w[:fan_in]), "w_h": order(w[fan_in:]), "b": b2}
+        path = os.path.join(self.get_temp_dir(), "v1.l2l")
+        header = {"format": "l2l-weights", "version": 1, "net": "CoordinateWiseDeepLSTM",
+                  "net_options": net.options}
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("__header__.json", json.dumps(header))
+            for layer, variables in arrays.items():
+                for name, value in variables.items():
+                    buffer = io.BytesIO()
+                    np.save(buffer, value.astype(np.float32))
+                    archive.writestr(f"{layer}/{name}.npy", buffer.getvalue())
+        loaded = networks.factory("CoordinateWiseDeepLSTM", net_path=path)
+        grad = tf.random.stateless_normal([30], seed=[4, 4])
+        states = [n.initial_state_for_inputs(grad) for n in (net, loaded)]
+        for _ in range(3):
+            (step, states[0]), (loaded_step, states[1]) = (
+                net(grad, states[0]), loaded(grad, states[1]))
+            self.assertAllClose(loaded_step, step, rtol=1e-6, atol=1e-9)
 
     def test_unknown_network_lists_the_valid_ones(self):
         with self.assertRaisesRegex(ValueError, "Unknown network 'Lstm'.*CoordinateWiseDeepLSTM"):

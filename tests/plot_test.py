@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 
+import cli
 import plot
-import util
 from conftest import REPO_ROOT
 
 
 def _history(path, header, losses):
-    util.write_history(str(path), header, losses)
+    cli.write_history(str(path), header, losses)
     return str(path)
 
 

@@ -1,0 +1,188 @@
+"""What the command-line tools share: errors, flag checks, progress, stats lines and histories.
+
+Nothing here imports TensorFlow, so that `plot.py` (which only reads CSV files) starts at once.
+"""
+
+import math
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+import util
+
+ISSUES_URL = "the project's issue tracker"
+
+
+def run(main):
+    """Wraps a CLI `main` for `absl.app.run`: a user error is one line and exit status 1.
+
+    Only the project's own user errors (`util.UserError`: a bad flag, file or dataset) become one
+    line; any other exception is a bug and keeps its traceback, followed by a line saying so. Set
+    L2L_DEBUG=1 for the traceback of user errors too.
+    """
+    def wrapped(argv):
+        from absl import flags, logging  # pylint: disable=import-outside-toplevel
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # Library INFO lines (checkpoints) are noise.
+        try:
+            return main(argv)
+        except util.UserError as e:
+            if os.environ.get("L2L_DEBUG"):
+                raise
+            sys.exit(f"{os.path.basename(sys.argv[0])}: error: {e}")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:  # pylint: disable=broad-except
+            traceback.print_exc()
+            sys.exit(f"{os.path.basename(sys.argv[0])}: this is a bug, not a mistake of yours; "
+                     f"please report it with the lines above to {ISSUES_URL}.")
+    return wrapped
+
+
+def check_no_arguments(argv):
+    """Flags are `--name=value`; anything else on the command line is an error."""
+    if len(argv) > 1:
+        raise util.FlagError(f"Unexpected arguments: {' '.join(argv[1:])} "
+                             f"(flags are --name=value).")
+
+
+def check_finite(**values):
+    """Every float flag given is a finite number: `check_finite(learning_rate=FLAGS.lr)`."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise util.FlagError(f"--{name} must be a finite number, got {value}.")
+
+
+def check_positive(**values):
+    """Every flag given is a finite number above zero."""
+    check_finite(**values)
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise util.FlagError(f"--{name} must be positive, got {value}.")
+
+
+def check_at_most(limit, **values):
+    """Every integer flag given is at most `limit` (what this machine can hold in memory)."""
+    for name, value in values.items():
+        if value is not None and value > limit:
+            raise util.FlagError(f"--{name}={value} is more than the {limit} allowed.")
+
+
+def print_stats(header, total_error, total_time, n):
+    """Prints the original's statistics lines (`inf`/`nan` for a diverged optimizee)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_error = np.log10(total_error / n) if n else float("nan")
+    print(header)
+    print(f"Log Mean Final Error: {log_error:.2f}")
+    print(f"Mean epoch time: {total_time / max(n, 1):.2f} s")
+
+
+def report_divergence(epochs, what="epochs"):
+    """Says how many epochs ended with a non-finite loss, if any."""
+    diverged = sum(not e.finite for e in epochs)
+    if diverged:
+        print(f"Diverged: {diverged} of {len(epochs)} {what} ended with a non-finite loss "
+              f"(the optimizee blew up; this is a result, not a crash).")
+    return diverged
+
+
+def print_lambda_stats(stats):
+    """One line per lambda network: its value, or mean, min and max over coordinates."""
+    for key, (mean, low, high) in sorted(stats.items()):
+        if low == high:
+            print(f"Lambda {key}: {mean:.6g}")
+        else:
+            print(f"Lambda {key}: mean {mean:.6g} min {low:.6g} max {high:.6g}")
+
+
+# -- Histories ----------------------------------------------------------------------------------
+
+MAX_HISTORY_BYTES = 2**30
+
+
+def write_history(path, header, histories):
+    """Writes per-step losses, one row per epoch, after a `# header` line; atomically."""
+    lines = [f"# {header}"] + [",".join(f"{v:.8g}" for v in row) for row in histories]
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    util.atomic_write(path, ("\n".join(lines) + "\n").encode(), what="history file")
+
+
+def read_history(path):
+    """`(header, [epochs, steps] array)` of a history file written by `write_history`.
+
+    Raises:
+      util.FileFormatError: not a regular file, not a history file, or without rows.
+    """
+    text = util.read_file(path, MAX_HISTORY_BYTES, what="history file").decode(errors="replace")
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise util.FileFormatError(f"{path} is not a history file: its first line is not a "
+                                   f"'# ' header.")
+    rows = [line for line in lines[1:] if line.strip() and not line.startswith("#")]
+    if not rows:
+        raise util.FileFormatError(f"{path} holds a header but no epochs (an interrupted "
+                                   f"evaluation?); run evaluate.py again.")
+    try:
+        losses = np.array([[float(v) for v in row.split(",")] for row in rows])
+    except ValueError as e:
+        raise util.FileFormatError(f"{path} has a row that is not numbers ({e}).") from None
+    if losses.ndim != 2:
+        raise util.FileFormatError(f"{path} has rows of different lengths.")
+    return lines[0][2:].strip(), losses
+
+
+# -- Progress -----------------------------------------------------------------------------------
+
+def _duration(seconds):
+    """`1d 02:03:04` or `02:03:04`: hours do not wrap at a day."""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
+class Progress:
+    """A one-line progress display on stderr (epoch, speed, ETA, last meta-loss).
+
+    It stays quiet when stderr is not a terminal, so logs and pipes get only the stats lines.
+    """
+
+    def __init__(self, total, first=0, stream=None, min_interval=0.5):
+        self._stream = stream or sys.stderr
+        self._active = self._stream.isatty()
+        self._total, self._first = total, first
+        self._start = self._last_draw = time.monotonic()
+        self._min_interval = min_interval
+        self._width = 0
+
+    def update(self, epoch, meta_loss):
+        """`epoch` epochs are done; the last one's meta-loss was `meta_loss`."""
+        now = time.monotonic()
+        if not self._active or now - self._last_draw < self._min_interval:
+            return
+        self._last_draw = now
+        rate = (epoch - self._first) / max(now - self._start, 1e-9)
+        eta = (self._total - epoch) / rate if rate > 0 else float("inf")
+        eta_text = _duration(eta) if np.isfinite(eta) else "?"
+        line = (f"epoch {epoch}/{self._total} | {rate:.2f} epochs/s | ETA {eta_text} | "
+                f"meta-loss {meta_loss:.4g}")
+        self._stream.write("\r" + line.ljust(self._width))
+        self._stream.flush()
+        self._width = len(line)
+
+    def clear(self):
+        """Erases the line, before other output."""
+        if self._active and self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0
+
+
+def history_path(problem, optimizer, fixed_lambda=None, directory="saved_histories"):
+    """The fork's default history file: `saved_histories/{problem}_{optimizer}[_{lambda}].csv`."""
+    suffix = "" if fixed_lambda is None else f"_{float(fixed_lambda)!r}"
+    return os.path.join(directory, f"{problem}_{optimizer}{suffix}.csv")

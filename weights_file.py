@@ -1,0 +1,323 @@
+"""Optimizer weight files: this project's format, the TF1-era pickles, and how files are named.
+
+This project writes a zip of `.npy` arrays (one per variable, `<layer>/<variable>.npy`) and a
+JSON header (`__header__.json`: format, version, network class, options, metadata), never a
+pickle. `load` reads that format or a legacy `.l2l` pickle (through `legacy`), checking
+everything before it allocates: the header against a schema, each array's declared shape and
+dtype against its size, the total size against a cap, the values for NaN and infinity. A file
+that fails any check is one `util.WeightsFileError` naming it.
+
+Files in a save folder are named after the network's key in the configuration and its kind:
+`cw.l2l` (L2L or a hand-designed network), `cwfixed0.01.l2l`, `cwlearned.l2l`; `file_name`
+and `parse_file_name` are the one home of that rule.
+"""
+
+import io
+import json
+import math
+import os
+import re
+import zipfile
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+import legacy
+import util
+
+FORMAT_NAME = "l2l-weights"
+# Version 2: LSTM layers as Sonnet 1's `w_gates`, `b_gates` (gates i, j, f, o; forget bias added
+# at run time). Version 1 held Sonnet 2's `w_i`, `w_h`, `b` (gates i, f, g, o; forget bias in
+# `b`); it is read and converted.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+FORGET_BIAS = 1.0  # Added to the LSTMs' forget gates at run time (Sonnet 1's default).
+SUFFIX = ".l2l"
+ZIP_MAGIC = b"PK\x03\x04"  # This project's files are zip archives.
+PICKLE_MAGIC = b"\x80"  # Pickle protocol 2 and later: the TF1-era files.
+_HEADER_NAME = "__header__.json"
+
+# Limits on what a file may declare, checked before anything is allocated. The networks this
+# project trains have thousands of weights; a million per array and a few million in all leave
+# room for much larger ones.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_HEADER_BYTES = 2**20
+MAX_ARRAY_ELEMENTS = 2**24
+MAX_TOTAL_ELEMENTS = 2**25
+MAX_HEADER_DEPTH = 8
+_FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f8"))
+
+WeightsFileError = util.WeightsFileError
+
+
+class SavedNetwork(NamedTuple):
+    """The contents of a weights file."""
+    net: str  # Class name.
+    net_options: dict
+    weights: dict  # {layer: {variable: np.ndarray}}
+    metadata: dict = {}  # What the saver recorded beside the weights (e.g. its evaluation).
+
+
+# -- Names ------------------------------------------------------------------------------------
+
+KINDS = ("L2L", "fixed", "learned")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+class FileName(NamedTuple):
+    key: str  # The network's key in the configuration (`cw`, `conv`, `fc`, ...).
+    kind: str  # One of KINDS; "L2L" also for hand-designed networks.
+    fixed_lambda: Optional[float] = None
+
+
+# The network class of each kind of learned optimizer; hand-designed networks count as "L2L".
+KIND_NETS = {"L2L": "CoordinateWiseDeepLSTM", "fixed": "FixedLambdaDeepLSTM",
+             "learned": "LearnedLambdaDeepLSTM"}
+
+
+def kind_of(net):
+    """The kind of optimizer a network class name is (hand-designed ones: "L2L")."""
+    return {v: k for k, v in KIND_NETS.items()}.get(net, "L2L")
+
+
+def file_name(key, kind="L2L", fixed_lambda=None):
+    """`cw.l2l`, `cwfixed0.01.l2l` or `cwlearned.l2l`."""
+    if kind == "fixed":
+        return f"{key}fixed{float(fixed_lambda)!r}{SUFFIX}"
+    if kind == "learned":
+        return f"{key}learned{SUFFIX}"
+    return f"{key}{SUFFIX}"
+
+
+def network_file_name(key, net, net_options):
+    """The file name of network class `net` with `net_options` saved under `key`."""
+    return file_name(key, kind_of(net), net_options.get("fixed_lambda"))
+
+
+def parse_file_name(name):
+    """The key, kind and lambda a file name says (any folder part is ignored).
+
+    Raises:
+      ValueError: `fixed` is followed by something other than a finite number.
+    """
+    stem = os.path.basename(name)
+    stem = stem[:-len(SUFFIX)] if stem.endswith(SUFFIX) else stem
+    key, fixed, text = stem.rpartition("fixed")
+    if fixed:
+        if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)):
+            raise ValueError(f"cannot read lambda {text!r} from the file name; name fixed-lambda "
+                             f"files <key>fixed<lambda>{SUFFIX} (e.g. cwfixed0.01{SUFFIX}), other "
+                             f"files without 'fixed'.")
+        return FileName(key, "fixed", float(text))
+    if stem.endswith("learned"):
+        return FileName(stem[:-len("learned")], "learned")
+    return FileName(stem, "L2L")
+
+
+# -- Writing ----------------------------------------------------------------------------------
+
+def _json_ready(value):
+    """Options as stored in JSON: tuples become lists, keys strings."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def normalize(options):
+    """`options` as they read back from a file, so that two configurations compare equal."""
+    return json.loads(json.dumps(_json_ready(options)))
+
+
+def save(path, net, net_options, weights, metadata=None, tensorflow_version=None):
+    """Writes a network's class name, options and weights (`{layer: {name: array}}`) to `path`.
+
+    Atomic (see `util.atomic_write`); `metadata` (JSON-able) is stored beside them.
+    """
+    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "net": net,
+              "net_options": normalize(net_options), "metadata": normalize(metadata or {})}
+    if tensorflow_version:
+        header["tensorflow"] = tensorflow_version
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(_HEADER_NAME, json.dumps(header, indent=1, sort_keys=True))
+        for layer, variables in weights.items():
+            for name, value in variables.items():
+                array_bytes = io.BytesIO()
+                np.lib.format.write_array(array_bytes, np.asarray(value), allow_pickle=False)
+                archive.writestr(f"{layer}/{name}.npy", array_bytes.getvalue())
+    util.atomic_write(path, buffer.getvalue(), what="optimizer file")
+
+
+# -- Reading ----------------------------------------------------------------------------------
+
+def load(path):
+    """Reads a weights file: this project's format, or a legacy TF1-era `.l2l` pickle.
+
+    Raises:
+      WeightsFileError: the file is missing, not a regular file, too large, damaged, not an
+        optimizer file, or holds non-finite or non-float weights.
+    """
+    data = util.read_file(path, MAX_FILE_BYTES, what="optimizer file", error=WeightsFileError)
+    if data[:4] == ZIP_MAGIC:
+        return _load_own(path, data)
+    if data[:1] == PICKLE_MAGIC:
+        return _load_legacy(path, data)
+    raise WeightsFileError(f"{path} is not an optimizer file (neither this project's format "
+                           f"nor a legacy .l2l pickle).")
+
+
+def _load_legacy(path, data):
+    try:
+        fixed_lambda = parse_file_name(path).fixed_lambda
+    except ValueError as e:
+        raise legacy.LegacyFormatError(f"{path}: {e}") from None
+    net, net_options, weights = legacy.load(path, data, fixed_lambda)
+    return SavedNetwork(net, net_options, weights)
+
+
+def _damaged(path, detail):
+    return WeightsFileError(f"{path} is a damaged optimizer file ({detail}); re-save or re-train "
+                            f"it.")
+
+
+def _depth(value, limit):
+    """Nesting depth of JSON `value`, counting no further than `limit + 1`."""
+    if limit < 0:
+        return 1
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
+
+
+def _read_header(path, archive):
+    try:
+        info = archive.getinfo(_HEADER_NAME)
+    except KeyError:
+        raise _damaged(path, f"no {_HEADER_NAME}") from None
+    if info.file_size > MAX_HEADER_BYTES:
+        raise _damaged(path, f"a header of {info.file_size} bytes")
+    try:
+        with archive.open(info) as member:
+            text = member.read(MAX_HEADER_BYTES + 1)
+        header = json.loads(text)
+    except RecursionError:
+        raise _damaged(path, "a header nested too deeply") from None
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
+        raise _damaged(path, f"unreadable header: {e}") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, f"its header is a {type(header).__name__}, not an object")
+    if _depth(header, MAX_HEADER_DEPTH) > MAX_HEADER_DEPTH:
+        raise _damaged(path, "a header nested too deeply")
+    if header.get("format") != FORMAT_NAME or header.get("version") not in _READABLE_VERSIONS:
+        raise WeightsFileError(f"{path} has format {str(header.get('format'))[:40]!r} version "
+                               f"{str(header.get('version'))[:20]!r}; this code reads "
+                               f"{FORMAT_NAME!r} versions {list(_READABLE_VERSIONS)}.")
+    expected = {"net": str, "net_options": dict, "metadata": dict, "tensorflow": str}
+    for field, kind in expected.items():
+        if field not in header:
+            if field in ("metadata", "tensorflow"):
+                continue
+            raise _damaged(path, f"its header has no {field!r}")
+        if not isinstance(header[field], kind):
+            raise _damaged(path, f"header field {field!r} is a {type(header[field]).__name__}, "
+                                 f"not a {'string' if kind is str else 'JSON object'}")
+    return header
+
+
+def _read_array(path, archive, info):
+    """One `.npy` member, its shape and dtype checked against its size before it is read."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _damaged(path, f"{info.filename} uses compression method {info.compress_type}")
+    try:
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise ValueError(f"npy version {version}")
+            if dtype not in _FLOAT_DTYPES or fortran:
+                raise WeightsFileError(f"{path}: {info.filename} holds {dtype} values"
+                                       f"{' in Fortran order' if fortran else ''}; optimizer "
+                                       f"weights are float32 or float64 arrays.")
+            count = math.prod(shape)
+            if count > MAX_ARRAY_ELEMENTS:
+                raise _damaged(path, f"{info.filename} declares shape {shape}")
+            size = count * dtype.itemsize
+            if info.file_size - member.tell() != size:
+                raise _damaged(path, f"{info.filename} declares shape {shape} but holds "
+                                     f"{info.file_size - member.tell()} bytes of data")
+            data = member.read(size + 1)  # Bounded, whatever the stream inflates to.
+    except WeightsFileError:
+        raise
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
+        raise _damaged(path, f"{info.filename}: {e}") from None
+    if len(data) != size:
+        raise _damaged(path, f"{info.filename} holds {len(data)} bytes, not {size}")
+    array = np.frombuffer(data, dtype).reshape(shape).copy()
+    if not np.all(np.isfinite(array)):
+        raise WeightsFileError(f"{path}: {info.filename[:-len('.npy')]} holds NaN or infinite "
+                               f"values; the optimizer is unusable (re-train it).")
+    return array
+
+
+def _load_own(path, data):
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            header = _read_header(path, archive)
+            weights, total = {}, 0
+            for info in archive.infolist():
+                if info.filename == _HEADER_NAME:
+                    continue
+                parts = info.filename[:-len(".npy")].split("/")
+                if (not info.filename.endswith(".npy") or len(parts) != 2
+                        or not all(parts) or info.filename.count("/") != 1):
+                    raise _damaged(path, f"unexpected entry {info.filename[:80]!r}")
+                array = _read_array(path, archive, info)
+                total += array.size
+                if total > MAX_TOTAL_ELEMENTS:
+                    raise _damaged(path, "more weights than any optimizer network has")
+                layer, name = parts
+                if name in weights.get(layer, {}):
+                    raise _damaged(path, f"{info.filename} appears twice")
+                weights.setdefault(layer, {})[name] = array
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as e:
+        if isinstance(e, WeightsFileError):
+            raise
+        raise _damaged(path, e) from None
+    if header["version"] == 1:
+        weights = _upgrade_version_1(path, weights)
+    return SavedNetwork(header["net"], dict(header["net_options"]), weights,
+                        dict(header.get("metadata", {})))
+
+
+def _upgrade_version_1(path, weights):
+    """Version 1's Sonnet 2 LSTM variables as Sonnet 1's `w_gates` and `b_gates`.
+
+    Sonnet 2 orders the gates (i, f, g, o) and keeps the forget bias in `b`; Sonnet 1 orders them
+    (i, j, f, o) with `j` Sonnet 2's `g`, and adds the forget bias at run time. Reordering is
+    exact; the forget-gate biases lose at most a rounding when 1.0 is taken off (below 0.5).
+    """
+    result = {}
+    for layer, variables in weights.items():
+        if set(variables) != {"w_i", "w_h", "b"}:
+            result[layer] = variables
+            continue
+        w = np.concatenate([variables["w_i"], variables["w_h"]], axis=0)
+        b = variables["b"]
+        if w.ndim != 2 or b.ndim != 1 or w.shape[1] != b.shape[0] or b.shape[0] % 4:
+            raise _damaged(path, f"{layer} has w_i {variables['w_i'].shape}, w_h "
+                                 f"{variables['w_h'].shape} and b {b.shape}")
+        i, f, g, o = np.split(w, 4, axis=1)
+        b_i, b_f, b_g, b_o = np.split(b, 4)
+        result[layer] = {"w_gates": np.concatenate([i, g, f, o], axis=1),
+                         "b_gates": np.concatenate([b_i, b_g, b_f - b.dtype.type(FORGET_BIAS),
+                                                    b_o])}
+    return result
