@@ -4,6 +4,8 @@
     python bench/bench.py --sweep                 # growth with coordinates and unroll length
     python bench/bench.py --compare_modes         # eager, graph and xla on this machine
     python bench/bench.py --quick                 # a smoke run of a few seconds
+    python bench/bench.py --compare_peer=../peer-venv/bin/python   # then the JAX peer, ratios
+    python bench/bench.py --sweep_unroll          # memory growth with the unroll length
 
 See bench/README.md for the fields and how to read them.
 """
@@ -56,6 +58,20 @@ flags.DEFINE_boolean("quick", False, "Smoke run: unroll 4, 8 steps, 3 iterations
                      "(flags given explicitly win).")
 flags.DEFINE_boolean("sweep", False, "Run hidden H, 2H, 4H and unroll L/2, L, 2L, each in its own "
                      "process, and print a table.")
+flags.DEFINE_enum("rematerialize", "auto", ["auto", "on", "off"], "Recompute each step in the "
+                  "meta-gradient's backward pass (on) or keep its activations (off); auto: "
+                  "meta.Unroll's default.")
+flags.DEFINE_string("compare_peer", None, "A Python with jax: after this benchmark, run the JAX "
+                    "peer (--peer_script) with it on the same computation and print both and "
+                    "the ratios.")
+flags.DEFINE_string("peer_script", str(pathlib.Path(__file__).resolve().parents[2] / "shared" /
+                                       "peers" / "peer_jax.py"), "The peer's script.")
+flags.DEFINE_string("peer_variant", "scan_remat", "The peer's --variant.")
+flags.DEFINE_integer("repeats", 1, "With --compare_peer: alternate this many runs of each and "
+                     "report medians.", lower_bound=1)
+flags.DEFINE_boolean("sweep_unroll", False, "Run unroll lengths 10, 20, 40 and 80 with and "
+                     "without rematerialisation, each in its own process; print the memory "
+                     "above the after-import level and its growth per unroll step.")
 flags.DEFINE_boolean("compare_modes", False, "Run every compilation mode, each in its own "
                      "process, and print a table.")
 
@@ -148,9 +164,12 @@ def benchmark():
 
     tf.random.set_seed(0)  # The networks' initial weights.
     config, data = _config(FLAGS.hidden)
+    rss_after_import = _peak_rss_mb()  # TensorFlow, the project and the data; nothing run yet.
     optimizer = meta.MetaOptimizer(**config.net_config)
+    remat = {"auto": None, "on": True, "off": False}[FLAGS.rematerialize]
     minimize = optimizer.meta_minimize(config.problem, unroll_length, learning_rate=0.001,
-                                       net_assignments=config.net_assignments, mode=FLAGS.mode)
+                                       net_assignments=config.net_assignments, mode=FLAGS.mode,
+                                       rematerialize=remat)
     eval_length = meta.eval_unroll_length(num_steps)
     evaluation = optimizer.meta_loss(config.problem, eval_length,
                                      net_assignments=config.net_assignments, mode=FLAGS.mode)
@@ -176,8 +195,10 @@ def benchmark():
         "s_per_eval_epoch": statistics.median(eval_times[1:]),
         "compile_s": times[0],
         "eval_compile_s": eval_times[0],
+        "rematerialize": minimize.rematerialize,
         "peak_rss_mb": _peak_rss_mb(),
         "train_peak_rss_mb": train_rss,
+        "rss_after_import_mb": rss_after_import,
         "s_per_coordinate": s_per_meta_iteration / num_coordinates,
         "s_per_unroll_step": s_per_meta_iteration / unroll_length,
         "num_coordinates": num_coordinates,
@@ -196,8 +217,10 @@ def benchmark():
 def _run_child(**overrides):
     """The JSON of this script run in a new process (peak RSS is per process)."""
     settings = {name: _setting(name) for name in
-                ("problem", "hidden", "unroll_length", "num_steps", "iterations", "eval_epochs",
-                 "intra_op_threads", "inter_op_threads", "mode", "data_dir")}
+                ("problem", "unroll_length", "num_steps", "iterations", "eval_epochs",
+                 "intra_op_threads", "inter_op_threads", "mode", "data_dir", "rematerialize")}
+    if FLAGS.problem == "mnist":  # --hidden applies to the MNIST MLP only.
+        settings["hidden"] = FLAGS.hidden
     settings.update(overrides)
     args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
     args += ["--synthetic"] * FLAGS.synthetic + ["--quick"] * FLAGS.quick
@@ -221,6 +244,79 @@ def _print_table(rows):
               f"{r['train_peak_rss_mb']:>8.0f} {r['peak_rss_mb']:>7.0f}")
 
 
+PEER_FIELDS = ("s_per_meta_iteration", "s_per_eval_epoch", "compile_s", "peak_rss_mb")
+
+
+def _run_peer():
+    """The peer's JSON (its last line), run with --compare_peer's Python."""
+    if not os.path.isfile(FLAGS.peer_script):
+        raise util.FlagError(f"--peer_script {FLAGS.peer_script} does not exist; point it at "
+                             f"peer_jax.py.")
+    command = [FLAGS.compare_peer, FLAGS.peer_script, "--variant", FLAGS.peer_variant,
+               "--threads", str(FLAGS.intra_op_threads or _cpu_count()),
+               "--meta-iters", str(_setting("iterations")),
+               "--eval-epochs", str(_setting("eval_epochs"))]
+    print(f"running {' '.join(command)}", file=sys.stderr, flush=True)
+    try:
+        peer = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    except OSError as e:
+        raise util.FlagError(f"--compare_peer {FLAGS.compare_peer}: {e.strerror}.") from None
+    lines = [line for line in peer.stdout.splitlines() if line.startswith("{")]
+    if peer.returncode or not lines:
+        raise SystemExit(f"bench.py: the peer failed with exit status {peer.returncode}.")
+    return json.loads(lines[-1])
+
+
+def _compare_with_peer():
+    """Alternating runs of this benchmark and the peer; medians of each and their ratios."""
+    ours, peers = [], []
+    for _ in range(FLAGS.repeats):
+        ours.append(_run_child())
+        peers.append(_run_peer())
+    median = lambda rows, key: statistics.median(r[key] for r in rows)
+    ours_above = median(ours, "peak_rss_mb") - median(ours, "rss_after_import_mb")
+    peer_above = median(peers, "peak_rss_mb") - median(peers, "rss_after_import_and_data_mb")
+    table = {
+        "s_per_meta_iteration": (median(ours, "s_per_meta_iteration"),
+                                 median(peers, "s_per_meta_iteration")),
+        "s_per_eval_epoch": (median(ours, "s_per_eval_epoch"), median(peers, "s_per_eval_epoch")),
+        "compile_s": (median(ours, "compile_s"), median(peers, "compile_s")),
+        "peak_rss_mb": (median(ours, "peak_rss_mb"), median(peers, "peak_rss_mb")),
+        "rss_after_import_mb": (median(ours, "rss_after_import_mb"),
+                                median(peers, "rss_after_import_and_data_mb")),
+        "rss_above_import_mb": (ours_above, peer_above),
+    }
+    print(f"{'':24} {'this project':>13} {'peer':>10} {'ratio':>7}   "
+          f"(medians of {FLAGS.repeats} alternating runs)")
+    for name, (a, b) in table.items():
+        print(f"{name:24} {a:13.3f} {b:10.3f} {a / b:7.2f}")
+    return {"ours": ours, "peer": peers, "repeats": FLAGS.repeats,
+            "ratios": {name: a / b for name, (a, b) in table.items()},
+            "medians": {name: {"ours": a, "peer": b} for name, (a, b) in table.items()}}
+
+
+def _sweep_unroll():
+    """Peak memory above the after-import level for unroll 10..80, with and without remat."""
+    rows = []
+    for remat in ("off", "on"):
+        for length in (10, 20, 40, 80):
+            # Epochs of 80 steps: every unroll length divides them.
+            row = _run_child(unroll_length=length, num_steps=80, rematerialize=remat)
+            row["rss_above_import_mb"] = row["train_peak_rss_mb"] - row["rss_after_import_mb"]
+            rows.append(row)
+    print(f"{'remat':>5} {'unroll':>6} {'s/iter':>8} {'above_import_mb':>15} {'mb/step':>8}")
+    for remat in (False, True):
+        chosen = [r for r in rows if r["rematerialize"] == remat]
+        growth = ((chosen[-1]["rss_above_import_mb"] - chosen[0]["rss_above_import_mb"])
+                  / (chosen[-1]["unroll_length"] - chosen[0]["unroll_length"]))
+        for r in chosen:
+            print(f"{str(remat):>5} {r['unroll_length']:>6} {r['s_per_meta_iteration']:>8.3f} "
+                  f"{r['rss_above_import_mb']:>15.0f} {growth:>8.2f}")
+        for r in chosen:
+            r["mb_per_unroll_step"] = growth
+    return {"sweep_unroll": rows}
+
+
 def main(argv):
     cli.check_no_arguments(argv)
     if _setting("iterations") < 20 and not FLAGS.quick:
@@ -231,6 +327,16 @@ def main(argv):
     if FLAGS.sweep and FLAGS.problem != "mnist":
         raise util.FlagError(f"--sweep varies --hidden, which applies to --problem=mnist only, "
                          f"not {FLAGS.problem}.")
+    if FLAGS.compare_peer:
+        fixed = {"problem": "mnist", "hidden": 20, "unroll_length": 20, "num_steps": 100}
+        if FLAGS.quick or any(_setting(k) != v for k, v in fixed.items()):
+            raise util.FlagError(f"--compare_peer times the peer's own configuration {fixed}; "
+                                 f"run it with those settings and without --quick.")
+        print(json.dumps(_compare_with_peer()))
+        return
+    if FLAGS.sweep_unroll:
+        print(json.dumps(_sweep_unroll()))
+        return
     if not (FLAGS.sweep or FLAGS.compare_modes):
         result = benchmark()
         print(f"{result['problem']} on {result['device']} ({result['mode']}, data: "
@@ -243,11 +349,11 @@ def main(argv):
     hidden, length = FLAGS.hidden, _setting("unroll_length")
     if FLAGS.sweep:
         num_steps = _setting("num_steps")
-        configs = [(hidden, length), (2 * hidden, length), (4 * hidden, length),
-                   (hidden, max(1, length // 2)), (hidden, 2 * length)]
+        sizes = [(hidden, length), (2 * hidden, length), (4 * hidden, length),
+                 (hidden, max(1, length // 2)), (hidden, 2 * length)]
         # Each row's epoch is --num_steps rounded up to a multiple of its unroll length.
         rows = [_run_child(hidden=h, unroll_length=l, num_steps=-(-num_steps // l) * l)
-                for h, l in configs]
+                for h, l in sizes]
     else:
         rows = [_run_child(mode=mode) for mode in meta.MODES]
     _print_table(rows)

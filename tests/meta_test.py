@@ -245,6 +245,66 @@ class ModesTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(unroll._reset_fn.experimental_get_tracing_count(), 1)
 
 
+class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
+    """The rematerialised backward pass gives the meta-gradient of the plain one."""
+
+    def _train(self, rematerialize, mode, net, objective):
+        tf.random.set_seed(7)
+        options = dict(layers=(5, 4), preprocess_name="LogAndSign", preprocess_options={"k": 5})
+        if net == "LearnedLambdaDeepLSTM":
+            options["lambda_mode"] = "per_coordinate"
+        optimizer = meta.MetaOptimizer(cw={"net": net, "net_options": options})
+
+        def images(split):
+            rng = np.random.default_rng({"train": 0, "validation": 1}[split])
+            return (rng.integers(0, 256, [64, 28, 28, 1], dtype=np.uint8),
+                    rng.integers(0, 10, [64]).astype(np.int32))
+
+        unroll = optimizer.meta_minimize(problems.mnist(layers=(6,), loader=images), 4,
+                                         learning_rate=0.01, mode=mode, meta_objective=objective,
+                                         rematerialize=rematerialize)
+        unroll.reset([0, 1])
+        losses = [unroll().meta_loss.numpy() for _ in range(3)]
+        return losses, _weights(unroll)
+
+    @parameterized.parameters(("graph", "CoordinateWiseDeepLSTM", "train"),
+                              ("xla", "CoordinateWiseDeepLSTM", "validation"),
+                              ("graph", "LearnedLambdaDeepLSTM", "validation"),
+                              ("xla", "LearnedLambdaDeepLSTM", "train"))
+    def test_same_weights_after_meta_updates(self, mode, net, objective):
+        losses, weights = self._train(True, mode, net, objective)
+        reference_losses, reference_weights = self._train(False, mode, net, objective)
+        self.assertAllClose(losses, reference_losses, rtol=1e-6)
+        for w, r in zip(weights, reference_weights):
+            self.assertAllClose(w, r, rtol=1e-5, atol=1e-7)
+
+    def test_refused_with_second_derivatives(self):
+        optimizer = meta.MetaOptimizer(**_lstm_config())
+        unroll = optimizer.meta_minimize(_half_square(), 2, second_derivatives=True,
+                                         rematerialize=True, mode="eager")
+        unroll.reset([0, 0])
+        with self.assertRaisesRegex(ValueError, "cannot be combined with second_derivatives"):
+            unroll()
+
+    def test_default_xla_gives_way_to_the_graph_where_it_cannot_compile(self):
+        def loss(params, data):
+            del data  # x^2 inside a while loop of unknown length: no XLA gradient.
+            _, square = tf.while_loop(lambda t, _: t < 1, lambda t, x: (t + 1, x * x),
+                                      (tf.constant(0), params[0]))
+            return square
+
+        problem = problems.Problem(("x",), lambda seed: [tf.ones([])], lambda seed, step: (),
+                                   loss)
+        unroll = meta.MetaOptimizer(**_lstm_config(layers=())).meta_minimize(problem, 3)
+        self.assertEqual(unroll.mode, "xla")
+        unroll.reset([0, 0])
+        with self.assertLogs(level="WARNING") as logs:
+            result = unroll()
+        self.assertIn("XLA cannot compile", "".join(logs.output))
+        self.assertEqual(unroll.mode, "graph")
+        self.assertAllClose(result.losses[0], 1.0)
+
+
 class StateResetTest(tf.test.TestCase):
 
     def _history(self, unroll_length, period, num_steps=12):
