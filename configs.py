@@ -3,20 +3,55 @@
 `get_config(name)` is a problem with the networks that optimize it; `with_optimizer_kind`,
 `with_net_options` and `with_saved_paths` turn a configuration's networks into the optimizer the
 command line asks for: L2L, fixed or learned lambda, other options, or weights from a save folder.
+
+Importing this module does not import TensorFlow (the problems are built when asked for), so
+the command-line tools define their flags, and answer `--help`, at once; it also holds the
+names those flags offer.
 """
 
+import importlib
 import json
 import os
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
-import problems
 import util
 import weights_file
+
+# Names the command line offers (the modules that implement them check against these).
+MODES = ("eager", "graph", "xla")  # How meta.Unroll compiles.
+BASELINES = ("Adam", "RMSprop", "SGD", "NAG")  # TensorFlow's optimizers, run by meta.
+LAMBDA_MODES = ("per_coordinate", "scalar")  # networks.LearnedLambdaDeepLSTM.
+META_OBJECTIVES = ("train", "validation")
+STRATEGIES = ("none", "mirrored", "multi_worker")
+
+
+def num_unrolls(num_steps, unroll_length):
+    """Unrolls per epoch; `unroll_length` must divide `num_steps`."""
+    if unroll_length < 1 or num_steps < 1 or num_steps % unroll_length:
+        raise ValueError(f"unroll_length ({unroll_length}) must be positive and divide "
+                         f"num_steps ({num_steps}).")
+    return num_steps // unroll_length
+
+
+def eval_unroll_length(num_steps, longest=100):
+    """Optimizee steps per compiled call when no meta-gradient is needed: the largest divisor of
+    `num_steps` up to `longest` (long static unrolls cost trace time, short ones Python calls)."""
+    return max(d for d in range(1, min(num_steps, longest) + 1) if num_steps % d == 0)
+
+
+class _Problems:
+    """`problems`, imported at first use: building a problem needs TensorFlow."""
+
+    def __getattr__(self, name):
+        return getattr(importlib.import_module("problems"), name)
+
+
+problems = _Problems()
 
 
 class Config(NamedTuple):
     """A problem with the networks that optimize it (as the original `get_config`)."""
-    problem: problems.Problem
+    problem: Any  # A problems.Problem.
     net_config: Dict[str, dict]  # Keyword arguments of `meta.MetaOptimizer`.
     net_assignments: Optional[list]  # `[(net_key, [parameter names])]`, or None for one network.
 

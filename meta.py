@@ -13,6 +13,7 @@ meta-gradient and update in one function, no Python between optimizee steps) and
 through an epoch; `run_epoch` runs whole epochs.
 """
 
+import contextlib
 import os
 import time
 from typing import Any, Dict, List, NamedTuple
@@ -26,6 +27,7 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 import sonnet as snt  # noqa: E402  pylint: disable=wrong-import-position
 import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
+import configs  # noqa: E402  pylint: disable=wrong-import-position
 import networks  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -36,8 +38,8 @@ DEFAULT_NET_CONFIG = {
                         "preprocess_options": {"k": 5}, "scale": 0.01},
     }
 }
-MODES = ("eager", "graph", "xla")
-META_OBJECTIVES = ("train", "validation")
+MODES = configs.MODES
+META_OBJECTIVES = configs.META_OBJECTIVES
 
 
 def default_mode(training=True):
@@ -94,19 +96,22 @@ def while_steps(length, body, loop_vars):
 # -- The unroll as a function over explicit state ---------------------------------------------
 
 class Carry(NamedTuple):
-    """What one unroll hands to the next within an epoch."""
-    params: List[tf.Tensor]  # The optimizee's parameters.
-    states: List[Any]  # One state per network group (see `_plan`).
+    """What one unroll hands to the next within an epoch, for each instance of the meta-batch."""
+    params: List[tf.Tensor]  # The optimizee's parameters, instance after instance.
+    states: List[Any]  # One state per network group (see `plan`), over all instances.
     step: tf.Tensor  # int32: optimizee steps taken so far in this epoch.
-    seed: tf.Tensor  # int32 [2]: the epoch's seed, from which all its data is drawn.
+    seed: tf.Tensor  # int32 [instances, 2]: each instance's seed; all its data derives from it.
 
 
 class UnrollResult(NamedTuple):
     """What one unroll reports."""
-    meta_loss: tf.Tensor  # Sum of the losses at every iterate (on held-out data if so asked).
-    losses: tf.Tensor  # [unroll_length + 1]: the training loss at each iterate, first to last.
+    meta_loss: tf.Tensor  # Sum of the losses at every iterate (on held-out data if so asked),
+    #                       averaged over the instances of the meta-batch.
+    losses: tf.Tensor  # [unroll_length + 1]: the training loss at each iterate, first to last
+    #                    (the instances' mean).
     lambdas: Dict[str, tf.Tensor]  # Lambda networks: [mean, min, max] of lambda over the unroll.
     applied: tf.Tensor  # bool: the meta-update was applied (False when it was not finite).
+    instance_losses: Any = None  # [instances, unroll_length + 1]: each instance's losses.
 
 
 class Group(NamedTuple):
@@ -130,11 +135,22 @@ def _unflat(flat, like):
     return [tf.reshape(p, t.shape) for p, t in zip(parts, like)]
 
 
+def by_instance(params, instances):
+    """A flat list of the instances' parameters, instance after instance, as a list per instance."""
+    size = len(params) // instances
+    return [list(params[b * size:(b + 1) * size]) for b in range(instances)]
+
+
+def _members(group, params):
+    """`(instance, index)` of the group's parameters in every instance, instance by instance."""
+    return [(b, i) for b in range(len(params)) for i in group.indices]
+
+
 def initial_states(groups, params):
-    """The networks' zero states for `params`, one entry per group."""
+    """The networks' zero states for `params` (a list per instance), one entry per group."""
     states = []
     for group in groups:
-        group_params = [params[i] for i in group.indices]
+        group_params = [params[b][i] for b, i in _members(group, params)]
         if group.batched:
             states.append(group.net.initial_state_for_inputs(_flat(group_params)))
         else:
@@ -176,61 +192,70 @@ def loss_with_known_gradients(problem, params, data):
     return loss, [tf.stop_gradient(g) for g in grads]
 
 
-def rematerialized(step):
-    """`step(weights, grads, state, params) -> Update`, with a backward pass that recomputes it.
+def _rematerialized(fn, inputs, constants):
+    """`fn(inputs, constants)` (nests of tensors), with a backward pass that recomputes it.
 
-    The forward pass keeps only the inputs (the network's state, the gradient and the parameter,
-    a few hundred bytes per coordinate); the backward pass runs the step again to differentiate
-    it, instead of keeping every LSTM activation of every step of the unroll. Same numbers.
-    The gradient input is taken as a constant (first-order meta-gradients).
+    The forward pass keeps only `inputs` and `constants`; the backward pass runs `fn` again to
+    differentiate it with respect to `inputs` (the `constants` get no gradient), instead of
+    keeping every intermediate value. Same numbers as `fn`.
     """
-    def call(weights, grads, state, params):
-        w_flat, s_flat = tf.nest.flatten(weights), tf.nest.flatten(state)
-        n_w, n_s = len(w_flat), len(s_flat)
-        layout = {}
+    flat_inputs, flat_constants = tf.nest.flatten(inputs), tf.nest.flatten(constants)
+    layout = {}
 
-        def forward(args):
-            update = step(tf.nest.pack_sequence_as(weights, list(args[:n_w])), grads,
-                          tf.nest.pack_sequence_as(state, list(args[n_w:n_w + n_s])),
-                          args[-1])
-            layout["next_state"], layout["lambda"] = update.next_state, update.lambda_ is not None
-            outputs = [update.step] + tf.nest.flatten(update.next_state)
-            return outputs + ([update.lambda_] if update.lambda_ is not None else [])
+    def forward(args):
+        result = fn(tf.nest.pack_sequence_as(inputs, list(args[:len(flat_inputs)])),
+                    tf.nest.pack_sequence_as(constants, list(args[len(flat_inputs):])))
+        layout["result"] = result
+        return tf.nest.flatten(result)
 
-        @tf.custom_gradient
-        def remat(*args):
-            def backward(*upstream):
-                with tf.GradientTape() as tape:
-                    tape.watch(args)
-                    outputs = forward(args)
-                upstream = [tf.zeros_like(o) if u is None else u
-                            for u, o in zip(upstream, outputs)]
-                return tape.gradient(outputs, args, output_gradients=upstream,
-                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return forward(args), backward
+    # Every tensor `fn` reads is an argument: nothing is captured from outside.
+    @tf.custom_gradient
+    def remat(*args):
+        def backward(*upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(args[:len(flat_inputs)])
+                outputs = forward(args)
+            upstream = [tf.zeros_like(o) if u is None else u for u, o in zip(upstream, outputs)]
+            gradients = tape.gradient(outputs, args[:len(flat_inputs)],
+                                      output_gradients=upstream,
+                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return list(gradients) + [None] * len(flat_constants)
+        return forward(args), backward
 
-        outputs = remat(*w_flat, *s_flat, params)
-        next_state = tf.nest.pack_sequence_as(layout["next_state"],
-                                              outputs[1:1 + len(tf.nest.flatten(
-                                                  layout["next_state"]))])
-        return networks.Update(outputs[0], next_state,
-                               outputs[-1] if layout["lambda"] else None)
-    return call
+    outputs = remat(*flat_inputs, *flat_constants)
+    return tf.nest.pack_sequence_as(layout["result"], outputs)
 
 
 def apply_networks(groups, weights, params, grads, states, rematerialize=False):
     """One optimizee step of every network: `(next params, next states, lambda statistics)`.
 
-    Each group's network sees the parameters before the step; a parameter of two groups gets
-    both steps, one of none stays as it is (as the original). With `rematerialize`, each step's
-    backward pass recomputes it (see `rematerialized`).
+    `params` and `grads` hold a list per instance of the meta-batch: a coordinatewise network
+    steps the coordinates of all instances in one call. Each group's network sees the parameters
+    before the step; a parameter of two groups gets both steps, one of none stays as it is (as
+    the original).
+
+    With `rematerialize`, the meta-gradient's backward pass recomputes the networks' step from
+    its inputs (the states, the parameters, the gradients as constants: a few hundred bytes per
+    coordinate) instead of keeping every LSTM activation of every step of the unroll; same
+    numbers. One region for all networks: TensorFlow 2.21's graph mode gets the gradients of
+    several custom-gradient regions in one tf.while_loop body wrong.
     """
-    next_params, next_states, lambdas = list(params), [], {}
+    if not rematerialize:
+        return _apply_networks(groups, weights, params, grads, states)
+    return _rematerialized(
+        lambda inputs, constants: _apply_networks(groups, inputs[0], inputs[1], constants,
+                                                  inputs[2]),
+        (weights, params, states), grads)
+
+
+def _apply_networks(groups, weights, params, grads, states):
+    next_params, next_states, lambdas = [list(p) for p in params], [], {}
     for group, state in zip(groups, states):
         net, group_weights = group.net, weights[group.key]
-        step = rematerialized(net.step) if rematerialize else net.step
-        group_params = [params[i] for i in group.indices]
-        group_grads = [grads[i] for i in group.indices]
+        step = net.step
+        members = _members(group, params)
+        group_params = [params[b][i] for b, i in members]
+        group_grads = [grads[b][i] for b, i in members]
         if group.batched:
             update = step(group_weights, _flat(group_grads), state, _flat(group_params))
             steps = _unflat(update.step, group_params)
@@ -242,8 +267,8 @@ def apply_networks(groups, weights, params, grads, states, rematerialize=False):
             steps = [u.step for u in updates]
             next_states.append([u.next_state for u in updates])
             group_lambdas = [u.lambda_ for u in updates]
-        for i, step in zip(group.indices, steps):
-            next_params[i] = next_params[i] + step
+        for (b, i), step in zip(members, steps):
+            next_params[b][i] = next_params[b][i] + step
         if net.has_lambda:
             values = tf.concat([tf.reshape(lam, [-1]) for lam in group_lambdas], axis=0)
             lambdas[group.key] = tf.stack([tf.reduce_mean(values), tf.reduce_min(values),
@@ -259,7 +284,8 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
       problem: a `problems.Problem`.
       groups: the networks and their parameters (`MetaOptimizer.plan`).
       weights: `{group key: net.step_weights()}`.
-      carry: where the previous unroll of the epoch stopped (or `Unroll`'s initial carry).
+      carry: where the previous unroll of the epoch stopped (or `Unroll`'s initial carry), for
+        each instance of the meta-batch.
       length: optimizee steps.
       meta_objective: "train" sums the losses the optimizee steps on; "validation" the losses
         on held-out batches at the same iterates.
@@ -268,13 +294,15 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
         never).
       rematerialize: for meta-gradients, keep only each step's inputs and recompute the step in
         the backward pass, and reuse the optimizee's gradients for its loss terms (see
-        `rematerialized`, `loss_with_known_gradients`); first-order only, same numbers.
+        `apply_networks`, `loss_with_known_gradients`); first-order only, same numbers.
 
     Returns:
-      `(meta_loss, losses [length + 1], lambdas {key: [mean, min, max]}, next carry)`.
+      `(meta_loss, instance_losses [instances, length + 1], lambdas {key: [mean, min, max]},
+      next carry)`; the meta-loss is the mean over the instances of the meta-batch.
     """
     validation = meta_objective == "validation"
     lambda_keys = [g.key for g in groups if g.net.has_lambda]
+    instances = carry.seed.shape[0]
     dtype = carry.params[0].dtype if carry.params else tf.float32
     if rematerialize and second_derivatives:
         raise ValueError("rematerialize reuses first-order gradients; it cannot be combined "
@@ -285,19 +313,24 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
             return loss_with_known_gradients(problem, params, data)[0]
         return problem.loss(params, data)
 
-    def objective_at(params, step, loss):
+    def objective_at(params, seed, step, loss):
         if not validation:
             return loss
-        return loss_at(params, problem.sample_validation(carry.seed, step))
+        return loss_at(params, problem.sample_validation(seed, step))
 
-    def body(position, params, states, losses, objective, lambda_acc):
+    def body(position, params, states, losses, objectives, lambda_acc):
         step = carry.step + position
-        data = problem.sample(carry.seed, step)
-        if rematerialize:
-            loss, grads = loss_with_known_gradients(problem, params, data)
-        else:
-            loss, grads = loss_and_gradients(problem, params, data, second_derivatives)
-        objective += objective_at(params, step, loss)
+        step_losses, grads = [], []
+        for b in range(instances):  # The instances' optimizees, one after the other.
+            data = problem.sample(carry.seed[b], step)
+            if rematerialize:
+                loss, instance_grads = loss_with_known_gradients(problem, params[b], data)
+            else:
+                loss, instance_grads = loss_and_gradients(problem, params[b], data,
+                                                          second_derivatives)
+            objectives[b] += objective_at(params[b], carry.seed[b], step, loss)
+            step_losses.append(loss)
+            grads.append(instance_grads)
         if state_reset_period:
             due = tf.equal(step % state_reset_period, 0)
             states = tf.nest.map_structure(lambda zero, s: tf.where(due, zero, s),
@@ -308,19 +341,25 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
                                      tf.minimum(acc[1], lambdas[key][1]),
                                      tf.maximum(acc[2], lambdas[key][2])])
                       for key, acc in lambda_acc.items()}
-        return params, states, losses.write(position, loss), objective, lambda_acc
+        return (params, states, losses.write(position, tf.stack(step_losses)), objectives,
+                lambda_acc)
 
-    params, states, losses, objective, lambda_acc = while_steps(length, body, (
-        list(carry.params), list(carry.states), tf.TensorArray(dtype, size=length + 1),
-        tf.zeros([], dtype), {key: tf.constant([0.0, np.inf, -np.inf], dtype)
-                              for key in lambda_keys}))
+    params, states, losses, objectives, lambda_acc = while_steps(length, body, (
+        by_instance(carry.params, instances), list(carry.states),
+        tf.TensorArray(dtype, size=length + 1), [tf.zeros([], dtype)] * instances,
+        {key: tf.constant([0.0, np.inf, -np.inf], dtype) for key in lambda_keys}))
     step = carry.step + length
-    final = loss_at(params, problem.sample(carry.seed, step))
-    objective += objective_at(params, step, final)
+    finals = []
+    for b in range(instances):
+        finals.append(loss_at(params[b], problem.sample(carry.seed[b], step)))
+        objectives[b] += objective_at(params[b], carry.seed[b], step, finals[-1])
     lambdas = {key: tf.stack([acc[0] / length, acc[1], acc[2]])
                for key, acc in lambda_acc.items()}
-    return (objective, losses.write(length, final).stack(), lambdas,
-            Carry(params, states, step, carry.seed))
+    instance_losses = tf.transpose(losses.write(length, tf.stack(finals)).stack())
+    # The meta-batch's mean; with one instance, exactly that instance's numbers.
+    meta_loss = tf.add_n(objectives) / instances
+    return (meta_loss, instance_losses, lambdas,
+            Carry([p for instance in params for p in instance], states, step, carry.seed))
 
 
 def plan(nets, names, net_assignments=None, batch_coordinates=True):
@@ -356,6 +395,45 @@ def plan(nets, names, net_assignments=None, batch_coordinates=True):
 
 
 # -- The meta-optimizer -------------------------------------------------------------------------
+
+def adam_update(g, m, v, t, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
+    """Adam (Kingma & Ba, 2015), pure: `(step to subtract, next m, next v)` at step `t` (from 1).
+
+    The arithmetic of `snt.optimizers.Adam` (hyperparameters in the gradient's dtype, so that
+    `1 - beta1` is computed in it too): weights trained before match bit for bit.
+    """
+    beta1, beta2, epsilon, learning_rate, t = (
+        tf.cast(x, g.dtype) for x in (beta1, beta2, epsilon, learning_rate, t))
+    m = beta1 * m + (1. - beta1) * g
+    v = beta2 * v + (1. - beta2) * g * g
+    m_hat = m / (1. - tf.pow(beta1, t))
+    v_hat = v / (1. - tf.pow(beta2, t))
+    return learning_rate * m_hat / (tf.sqrt(v_hat) + epsilon), m, v
+
+
+class MetaAdam(snt.Module):
+    """The meta-optimizer: Adam's state for `variables` and `apply`, in any tf.distribute context.
+
+    Sonnet's own Adam refuses `MirroredStrategy` and `MultiWorkerMirroredStrategy`; this one
+    applies all-reduced meta-gradients in the cross-replica context, where assigning a mirrored
+    variable updates every copy.
+    """
+
+    def __init__(self, variables, learning_rate, name="meta_adam"):
+        super().__init__(name=name)
+        self.learning_rate = check_learning_rate(learning_rate)
+        with self.name_scope:
+            self.step = tf.Variable(0, trainable=False, name="t", dtype=tf.int64)
+            self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in variables]
+            self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in variables]
+
+    def apply(self, grads, variables):
+        self.step.assign_add(1)
+        for g, variable, m_var, v_var in zip(grads, variables, self.m, self.v):
+            update, m, v = adam_update(g, m_var, v_var, self.step, self.learning_rate)
+            variable.assign_sub(update)
+            m_var.assign(m)
+            v_var.assign(v)
 
 class MetaOptimizer(snt.Module):
     """Learning to learn (meta)optimizer over named networks.
@@ -424,7 +502,8 @@ class Unroll:
 
     def __init__(self, meta, problem, unroll_length, net_assignments=None,
                  second_derivatives=False, learning_rate=None, state_reset_period=0,
-                 meta_objective="train", mode=None, batch_coordinates=True, rematerialize=None):
+                 meta_objective="train", mode=None, batch_coordinates=True, rematerialize=None,
+                 meta_batch_size=1, strategy=None):
         """Builds the unroll.
 
         Args:
@@ -445,12 +524,18 @@ class Unroll:
           rematerialize: recompute each optimizee step in the meta-gradient's backward pass
             instead of keeping its activations (see `unroll`); None: when meta-training with
             first-order gradients (smaller and faster, see bench/README.md).
+          meta_batch_size: instances of the problem unrolled together, each from its own seed
+            (`reset` takes one per instance); the meta-loss is their mean.
+          strategy: a `tf.distribute` strategy (`MirroredStrategy`,
+            `MultiWorkerMirroredStrategy`) under whose scope `meta`'s networks were built: the
+            meta-batch is split across its replicas, their meta-gradients are averaged and every
+            replica applies the same update. None: no distribution.
         """
         self.unroll_length, self.mode = check_unroll(unroll_length, mode,
                                                      training=learning_rate is not None)
         # A default XLA gives way to the graph for problems XLA cannot compile (e.g. a loss
         # with a tf.while_loop of unknown length); an explicit mode is kept.
-        self._fallback = mode is None and self.mode == "xla"
+        self._fallback = mode is None and self.mode == "xla" and strategy is None
         if int(state_reset_period) < 0:
             raise ValueError(f"state_reset_period must be >= 0, got {state_reset_period}.")
         if meta_objective not in META_OBJECTIVES:
@@ -460,6 +545,11 @@ class Unroll:
             raise ValueError("meta_objective 'validation' needs a problem with held-out data; "
                              "this problem has none (use meta_objective 'train').")
         self.problem = problem
+        if isinstance(meta_batch_size, bool) or int(meta_batch_size) != meta_batch_size \
+                or meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be a whole number >= 1, got "
+                             f"{meta_batch_size!r}.")
+        self.meta_batch_size = int(meta_batch_size)
         if rematerialize is None:
             rematerialize = learning_rate is not None and not second_derivatives
         self._options = dict(meta_objective=meta_objective,
@@ -469,18 +559,33 @@ class Unroll:
         self._groups = plan(meta.nets, tuple(problem.names), net_assignments, batch_coordinates)
         _build_networks(self._groups, problem)
         self._variables = _unique([v for g in self._groups for v in g.net.trainable_variables])
+        self.strategy = strategy
+        replicas = strategy.num_replicas_in_sync if strategy else 1
+        if self.meta_batch_size % replicas:
+            raise ValueError(f"meta_batch_size ({self.meta_batch_size}) must be a multiple of "
+                             f"the {replicas} replicas, which share it out.")
         self.optimizer = None
         if learning_rate is not None:
             if not self._variables:
                 raise ValueError("meta_minimize needs a network with trainable weights; "
                                  "these networks have none.")
-            self.optimizer = snt.optimizers.Adam(learning_rate)
+            with strategy.scope() if strategy else _no_scope():
+                self.optimizer = MetaAdam(self._variables, learning_rate)
         # The start of an epoch runs once per epoch: never under XLA, whose float random
         # numbers differ from the graph's (e.g. Keras initializers), so every mode starts alike.
         self._reset_fn = compile_fn(self._initial_carry, "eager" if self.mode == "eager"
                                     else "graph")
-        self._step_fn = compile_fn(self._minimize_step if self.optimizer else self._loss_step,
-                                   self.mode)
+        self._gradient_fn = None
+        step = self._minimize_step if self.optimizer else self._loss_step
+        if strategy is None:
+            self._step_fn = compile_fn(step, self.mode)
+        else:
+            # Neither the collectives nor one function traced for several replicas' variables
+            # compile with XLA: under a strategy the unroll runs in the graph.
+            if self.mode == "xla":
+                self.mode = "graph"
+            self._step_fn = compile_fn(step, self.mode)
+            self._replica_fns = {True: self._gradient_step, False: self._plain_loss_step}
         self.carry = None
 
     @property
@@ -494,14 +599,33 @@ class Unroll:
         return self._options["rematerialize"]
 
     def reset(self, seed):
-        """Starts an epoch from `seed` (two ints): new parameters, data and zero states."""
-        self.carry = self._reset_fn(tf.constant(seed, tf.int32, shape=[2]))
+        """Starts an epoch: new parameters, data and zero states.
+
+        `seed` is two ints, or `[meta_batch_size, 2]`: one seed per instance of the meta-batch
+        (with a strategy, replica r takes the r-th share of them).
+        """
+        seed = np.asarray(seed)
+        if seed.shape == (2,) and self.meta_batch_size == 1:
+            seed = seed[np.newaxis]
+        if seed.shape != (self.meta_batch_size, 2):
+            raise ValueError(f"reset needs {self.meta_batch_size} seeds of two ints, got an "
+                             f"array of shape {seed.shape}.")
+        seed = tf.constant(seed, tf.int32)
+        if self.strategy is None:
+            self.carry = self._reset_fn(seed)
+            return
+        share = self.meta_batch_size // self.strategy.num_replicas_in_sync
+        shares = self.strategy.experimental_distribute_values_from_function(
+            lambda context: seed[context.replica_id_in_sync_group * share:
+                                 (context.replica_id_in_sync_group + 1) * share])
+        self.carry = self.strategy.run(self._reset_fn, args=(shares,))
 
     def __call__(self):
         if self.carry is None:
             raise RuntimeError("Call reset(seed) before running an unroll.")
         try:
-            result, self.carry = self._step_fn(self.carry)
+            with self.strategy.scope() if self.strategy else _no_scope():
+                result, self.carry = self._step_fn(self.carry)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
             # XLA refuses before it runs anything, so nothing has changed yet.
             if not self._fallback or "XLA" not in str(e):
@@ -516,13 +640,15 @@ class Unroll:
 
     # -- Compiled pieces --------------------------------------------------------------------
 
-    def _initial_carry(self, seed):
-        params = [tf.convert_to_tensor(p) for p in self.problem.init(seed)]
-        if len(params) != len(self.problem.names):
-            raise ValueError(f"The problem made {len(params)} parameters for "
-                             f"{len(self.problem.names)} names.")
-        return Carry(params, initial_states(self._groups, params), tf.constant(0, tf.int32),
-                     seed)
+    def _initial_carry(self, seeds):
+        params = []
+        for b in range(seeds.shape[0]):  # This replica's share of the meta-batch.
+            params.append([tf.convert_to_tensor(p) for p in self.problem.init(seeds[b])])
+            if len(params[-1]) != len(self.problem.names):
+                raise ValueError(f"The problem made {len(params[-1])} parameters for "
+                                 f"{len(self.problem.names)} names.")
+        return Carry([p for instance in params for p in instance],
+                     initial_states(self._groups, params), tf.constant(0, tf.int32), seeds)
 
     def _unroll(self, carry):
         # The weights are read once: every step of the unroll uses these tensors.
@@ -531,14 +657,41 @@ class Unroll:
                       **self._options)
 
     def _loss_step(self, carry):
-        meta_loss, losses, lambdas, carry = self._unroll(carry)
-        return UnrollResult(meta_loss, losses, lambdas, tf.constant(True)), carry
+        if self.strategy is not None:
+            return self._distributed_step(carry, minimize=False)
+        return self._plain_loss_step(carry)
 
-    def _minimize_step(self, carry):
+    def _plain_loss_step(self, carry):
+        meta_loss, losses, lambdas, carry = self._unroll(carry)
+        return _result(meta_loss, losses, lambdas, tf.constant(True)), carry
+
+    def meta_gradient(self):
+        """One unroll (the carry moves on) and its meta-gradient, without any update.
+
+        Returns:
+          `(UnrollResult, [gradient of the meta-loss for each of `variables`])`.
+        """
+        if self.carry is None:
+            raise RuntimeError("Call reset(seed) before running an unroll.")
+        if self.strategy is not None:
+            raise ValueError("meta_gradient runs on one device; with a strategy, call the "
+                             "unroll.")
+        if self._gradient_fn is None:
+            self._gradient_fn = compile_fn(self._gradient_step, self.mode)
+        result, grads, self.carry = self._gradient_fn(self.carry)
+        return result, grads
+
+    def _gradient_step(self, carry):
         with tf.GradientTape() as tape:
             meta_loss, losses, lambdas, carry = self._unroll(carry)
         grads = tape.gradient(meta_loss, self._variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # Truncation: the next unroll continues from here but does not backpropagate into this one.
+        carry = tf.nest.map_structure(tf.stop_gradient, carry)
+        return _result(meta_loss, losses, lambdas, tf.constant(True)), grads, carry
+
+    def _apply_if_finite(self, meta_loss, grads):
+        """Applies Adam unless the meta-loss or a meta-gradient is not finite; says which."""
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]
                                + [tf.math.is_finite(meta_loss)])
 
@@ -547,10 +700,44 @@ class Unroll:
             return tf.constant(True)
 
         # A non-finite meta-gradient never reaches the weights (nor Adam's moments).
-        applied = tf.cond(finite, apply, lambda: tf.constant(False))
-        # Truncation: the next unroll continues from here but does not backpropagate into this one.
-        carry = tf.nest.map_structure(tf.stop_gradient, carry)
-        return UnrollResult(meta_loss, losses, lambdas, applied), carry
+        return tf.cond(finite, apply, lambda: tf.constant(False))
+
+    def _minimize_step(self, carry):
+        if self.strategy is not None:
+            return self._distributed_step(carry, minimize=True)
+        result, grads, carry = self._gradient_step(carry)
+        return result._replace(applied=self._apply_if_finite(result.meta_loss, grads)), carry
+
+    def _distributed_step(self, carry, minimize):
+        """Each replica unrolls its share of the meta-batch; the mean meta-gradient is applied.
+
+        Runs in the cross-replica context of `tf.function`: `strategy.run` then reductions
+        (all-reduces across devices and workers).
+        """
+        strategy = self.strategy
+        if minimize:
+            result, grads, carry = strategy.run(self._replica_fns[True], args=(carry,))
+            grads = [strategy.reduce(tf.distribute.ReduceOp.MEAN, g, axis=None) for g in grads]
+        else:
+            result, carry = strategy.run(self._replica_fns[False], args=(carry,))
+        mean = lambda x: strategy.reduce(tf.distribute.ReduceOp.MEAN, x, axis=None)
+        meta_loss = mean(result.meta_loss)
+        instance_losses = strategy.gather(result.instance_losses, axis=0)
+        lambdas = {key: tf.stack([mean(stats[0]),
+                                  strategy.reduce(tf.distribute.ReduceOp.MIN, stats[1], None),
+                                  strategy.reduce(tf.distribute.ReduceOp.MAX, stats[2], None)])
+                   for key, stats in result.lambdas.items()}
+        applied = self._apply_if_finite(meta_loss, grads) if minimize else tf.constant(True)
+        return _result(meta_loss, instance_losses, lambdas, applied), carry
+
+
+def _no_scope():
+    return contextlib.nullcontext()
+
+
+def _result(meta_loss, instance_losses, lambdas, applied):
+    return UnrollResult(meta_loss, tf.reduce_mean(instance_losses, axis=0), lambdas, applied,
+                        instance_losses)
 
 
 def _unique(variables):
@@ -568,12 +755,12 @@ def _build_networks(groups, problem):
     unbuilt = [g for g in groups if not getattr(g.net, "built", True)]
     if unbuilt:
         params = problem.init(tf.zeros([2], tf.int32))  # Only the shapes matter.
-        initial_states(unbuilt, params)
+        initial_states(unbuilt, [params])
 
 
 # -- Hand-designed optimizers run like the learned ones -----------------------------------------
 
-BASELINES = ("Adam", "RMSprop", "SGD", "NAG")
+BASELINES = configs.BASELINES
 
 
 def baseline_optimizer(name, learning_rate):
@@ -654,23 +841,13 @@ class BaselineUnroll:
         losses = losses.write(self.unroll_length,
                               self.problem.loss(self._params, self.problem.sample(seed, step)))
         losses = losses.stack()
-        return UnrollResult(tf.reduce_sum(losses), losses, {}, tf.constant(True))
+        return UnrollResult(tf.reduce_sum(losses), losses, {}, tf.constant(True), losses[None])
 
 
 # -- Epochs -------------------------------------------------------------------------------------
 
-def num_unrolls(num_steps, unroll_length):
-    """Unrolls per epoch; `unroll_length` must divide `num_steps`."""
-    if unroll_length < 1 or num_steps < 1 or num_steps % unroll_length:
-        raise ValueError(f"unroll_length ({unroll_length}) must be positive and divide "
-                         f"num_steps ({num_steps}).")
-    return num_steps // unroll_length
-
-
-def eval_unroll_length(num_steps, longest=100):
-    """Optimizee steps per compiled call when no meta-gradient is needed: the largest divisor of
-    `num_steps` up to `longest` (long static unrolls cost trace time, short ones Python calls)."""
-    return max(d for d in range(1, min(num_steps, longest) + 1) if num_steps % d == 0)
+num_unrolls = configs.num_unrolls
+eval_unroll_length = configs.eval_unroll_length
 
 
 # Seed streams: epochs of meta-training, of evaluation during training, and of evaluate.py never
@@ -678,16 +855,26 @@ def eval_unroll_length(num_steps, longest=100):
 TRAIN, VALIDATION, TEST = 0, 1, 2
 
 
-def epoch_seed(seed, stream, index):
-    """The stateless seed (two int32) of epoch `index` of a stream."""
-    state = np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(2)
+def epoch_seed(seed, stream, index, instance=0):
+    """The stateless seed (two int32) of epoch `index` of a stream, for one instance of it.
+
+    Instance 0 is the epoch itself (so that a meta-batch of one is the plain epoch); the other
+    instances of a meta-batch draw their own parameters and data from `(seed, epoch, instance)`.
+    """
+    entropy = [int(seed), int(stream), int(index)] + ([int(instance)] if instance else [])
+    state = np.random.SeedSequence(entropy).generate_state(2)
     return state.view(np.int32)  # The same 64 bits, as the int32 pair stateless ops take.
+
+
+def instance_seeds(seed, stream, index, instances):
+    """`[instances, 2]`: the seeds of a meta-batch of `instances` for epoch `index`."""
+    return np.stack([epoch_seed(seed, stream, index, b) for b in range(instances)])
 
 
 class EpochResult(NamedTuple):
     time: float  # Wall seconds.
-    final_loss: float  # The optimizee's loss at the last iterate.
-    history: np.ndarray  # [steps run]: the loss after each optimizee step.
+    final_loss: float  # The optimizee's loss at the last iterate (the meta-batch's mean).
+    history: np.ndarray  # [steps run]: the loss after each optimizee step (the mean).
     results: List  # The `UnrollResult` of every unroll run.
     finite: bool  # Every meta-update was finite (so applied); else the epoch stopped there.
 
@@ -700,22 +887,43 @@ class EpochResult(NamedTuple):
 def run_epoch(unroll, num_unrolls, seed):
     """One epoch: `reset(seed)` then `num_unrolls` unrolls; synchronised before the clock stops.
 
-    An unroll whose meta-update was skipped as non-finite ends the epoch early (`finite` False):
-    its optimizee has left the region where the networks make sense, so the next epoch resets it.
+    `seed` is one per instance of the unroll's meta-batch (see `instance_seeds`). An unroll
+    whose meta-update was skipped as non-finite ends the epoch early (`finite` False): its
+    optimizee has left the region where the networks make sense, so the next epoch resets it.
     """
+    return _epochs(unroll, num_unrolls, seed)[0]
+
+
+def run_epochs(unroll, num_unrolls, seeds):
+    """Several epochs at once, one per instance of the unroll's meta-batch (`seeds`).
+
+    Each `EpochResult` is the epoch its seed gives alone (to float rounding: the networks see
+    all epochs' coordinates in one call); the time is shared equally. For evaluations: without
+    meta-updates, the instances are independent epochs.
+    """
+    return _epochs(unroll, num_unrolls, seeds)[1]
+
+
+def _epochs(unroll, num_unrolls, seeds):
+    """`(the meta-batch's EpochResult, [each instance's EpochResult])`."""
     start = time.perf_counter()
-    unroll.reset(seed)
+    unroll.reset(seeds)
     results, losses = [], []
     for _ in range(num_unrolls):
         results.append(unroll())
-        losses.append(results[-1].losses.numpy())
+        losses.append(results[-1].instance_losses.numpy())
         if not results[-1].applied.numpy():
             break
     elapsed = time.perf_counter() - start
-    # losses[k][0] is the loss at the iterate the previous unroll ended on: count it once.
-    history = np.concatenate([l[1:] for l in losses])
-    finite = bool(results[-1].applied.numpy()) and bool(np.all(np.isfinite(history)))
-    return EpochResult(elapsed, float(losses[-1][-1]), history, results, finite)
+    # losses[k][:, 0] is the loss at the iterate the previous unroll ended on: count it once.
+    histories = np.concatenate([l[:, 1:] for l in losses], axis=1)
+    applied = bool(results[-1].applied.numpy())
+    mean_history = np.concatenate([r.losses.numpy()[1:] for r in results])
+    whole = EpochResult(elapsed, float(results[-1].losses.numpy()[-1]), mean_history, results,
+                        applied and bool(np.all(np.isfinite(histories))))
+    each = [EpochResult(elapsed / len(histories), float(h[-1]), h, results,
+                        applied and bool(np.all(np.isfinite(h)))) for h in histories]
+    return whole, each
 
 
 def lambda_stats(results):

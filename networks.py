@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 import sonnet as snt  # noqa: E402  pylint: disable=wrong-import-position
 import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
+import configs  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
 # Bounds on sizes a configuration or a file may ask for, checked before anything is built.
@@ -682,7 +683,7 @@ class FixedLambdaDeepLSTM(_LambdaDeepLSTM):
         return tf.constant(self._fixed_lambda, param.dtype)
 
 
-LAMBDA_MODES = ("per_coordinate", "scalar")
+LAMBDA_MODES = configs.LAMBDA_MODES
 
 
 def _lambda_options(lambda_mode, init_lambda, lambda_max):
@@ -877,9 +878,12 @@ def factory(net, net_options=(), net_path=None):
         features = _make_preprocess(options.get("preprocess_name", "identity"),
                                     options.get("preprocess_options"))[1]
         options["input_size"] = rows // features
-    if net in _NO_INITIALIZER:
-        return _build(net, options)
-    return _build(net, dict(options, initializer=saved.weights))
+    try:
+        if net in _NO_INITIALIZER:
+            return _build(net, options)
+        return _build(net, dict(options, initializer=saved.weights))
+    except ValueError as e:
+        raise util.WeightsFileError(f"{net_path} records bad options for a {net}: {e}") from None
 
 
 def _check_weights(path, net, weights, expected):

@@ -248,7 +248,7 @@ class ModesTest(tf.test.TestCase, parameterized.TestCase):
 class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
     """The rematerialised backward pass gives the meta-gradient of the plain one."""
 
-    def _train(self, rematerialize, mode, net, objective):
+    def _meta_gradient(self, rematerialize, mode, net, objective):
         tf.random.set_seed(7)
         options = dict(layers=(5, 4), preprocess_name="LogAndSign", preprocess_options={"k": 5})
         if net == "LearnedLambdaDeepLSTM":
@@ -260,23 +260,23 @@ class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
             return (rng.integers(0, 256, [64, 28, 28, 1], dtype=np.uint8),
                     rng.integers(0, 10, [64]).astype(np.int32))
 
-        unroll = optimizer.meta_minimize(problems.mnist(layers=(6,), loader=images), 4,
-                                         learning_rate=0.01, mode=mode, meta_objective=objective,
-                                         rematerialize=rematerialize)
+        unroll = optimizer.meta_loss(problems.mnist(layers=(6,), loader=images), 4, mode=mode,
+                                     meta_objective=objective, rematerialize=rematerialize)
         unroll.reset([0, 1])
-        losses = [unroll().meta_loss.numpy() for _ in range(3)]
-        return losses, _weights(unroll)
+        unroll()  # The second unroll starts from trained parameters and carried states.
+        result, grads = unroll.meta_gradient()
+        return result.meta_loss.numpy(), np.concatenate([g.numpy().ravel() for g in grads])
 
     @parameterized.parameters(("graph", "CoordinateWiseDeepLSTM", "train"),
                               ("xla", "CoordinateWiseDeepLSTM", "validation"),
                               ("graph", "LearnedLambdaDeepLSTM", "validation"),
                               ("xla", "LearnedLambdaDeepLSTM", "train"))
-    def test_same_weights_after_meta_updates(self, mode, net, objective):
-        losses, weights = self._train(True, mode, net, objective)
-        reference_losses, reference_weights = self._train(False, mode, net, objective)
-        self.assertAllClose(losses, reference_losses, rtol=1e-6)
-        for w, r in zip(weights, reference_weights):
-            self.assertAllClose(w, r, rtol=1e-5, atol=1e-7)
+    def test_same_meta_gradient(self, mode, net, objective):
+        loss, grad = self._meta_gradient(True, mode, net, objective)
+        reference_loss, reference_grad = self._meta_gradient(False, mode, net, objective)
+        self.assertAllClose(loss, reference_loss, rtol=1e-6)
+        self.assertAllClose(grad, reference_grad, rtol=1e-5,
+                            atol=1e-6 * np.max(np.abs(reference_grad)))
 
     def test_refused_with_second_derivatives(self):
         optimizer = meta.MetaOptimizer(**_lstm_config())
@@ -303,6 +303,55 @@ class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("XLA cannot compile", "".join(logs.output))
         self.assertEqual(unroll.mode, "graph")
         self.assertAllClose(result.losses[0], 1.0)
+
+
+class MetaBatchTest(tf.test.TestCase):
+
+    def _meta_gradient(self, seeds):
+        tf.random.set_seed(5)
+        optimizer = meta.MetaOptimizer(**_lstm_config(layers=(4,), preprocess_name="LogAndSign",
+                                                      preprocess_options={"k": 5}))
+        unroll = optimizer.meta_loss(problems.quadratic(batch_size=3, num_dims=4), 4,
+                                     meta_batch_size=len(seeds), mode="graph")
+        unroll.reset(seeds)
+        with tf.GradientTape() as tape:
+            result = unroll()
+        grads = tape.gradient(result.meta_loss, unroll.variables)
+        return np.concatenate([g.numpy().ravel() for g in grads]), result
+
+    def test_meta_gradient_is_the_mean_of_the_instances(self):
+        seeds = meta.instance_seeds(0, meta.TRAIN, 7, 3)
+        batched, result = self._meta_gradient(seeds)
+        singles = [self._meta_gradient(seed[None]) for seed in seeds]
+        self.assertAllClose(batched, np.mean([g for g, _ in singles], axis=0), rtol=1e-5,
+                            atol=1e-7)
+        self.assertAllClose(result.meta_loss, np.mean([r.meta_loss for _, r in singles]),
+                            rtol=1e-6)
+        for b, (_, single) in enumerate(singles):
+            self.assertAllClose(result.instance_losses[b], single.losses, rtol=1e-6)
+
+    def test_instance_seeds(self):
+        seeds = meta.instance_seeds(3, meta.TRAIN, 5, 4)
+        self.assertEqual(seeds.shape, (4, 2))
+        self.assertAllEqual(seeds[0], meta.epoch_seed(3, meta.TRAIN, 5))  # A batch of one: the epoch.
+        self.assertLen({tuple(s) for s in seeds}, 4)
+
+    def test_epochs_at_once_are_the_epochs_one_at_a_time(self):
+        optimizer = meta.MetaOptimizer(**_lstm_config(layers=(4,)))
+        problem = problems.quadratic(batch_size=4, num_dims=3)
+        seeds = [meta.epoch_seed(0, meta.TEST, e) for e in range(3)]
+        together = meta.run_epochs(optimizer.meta_loss(problem, 5, meta_batch_size=3,
+                                                       mode="graph"), 2, np.stack(seeds))
+        alone = optimizer.meta_loss(problem, 5, mode="graph")
+        for epoch, seed in zip(together, seeds):
+            self.assertAllClose(epoch.history, meta.run_epoch(alone, 2, seed).history, rtol=1e-6)
+
+    def test_reset_needs_a_seed_per_instance(self):
+        unroll = meta.MetaOptimizer(**_lstm_config()).meta_loss(_half_square(), 2,
+                                                               meta_batch_size=2)
+        with self.assertRaisesRegex(ValueError, r"reset needs 2 seeds of two ints, got an array "
+                                                r"of shape \(2,\)"):
+            unroll.reset([0, 1])
 
 
 class StateResetTest(tf.test.TestCase):
@@ -396,7 +445,7 @@ class NonFiniteTest(tf.test.TestCase):
         self.assertFalse(bool(result.applied))
         for b, a in zip(before, _weights(unroll)):
             self.assertAllEqual(a, b)
-        self.assertEqual(int(unroll.optimizer.step.numpy()), 0)
+        self.assertEqual(int(unroll.optimizer.step.numpy()), 0)  # Adam did not count a step.
 
 
 class SaveTest(tf.test.TestCase):
