@@ -42,6 +42,25 @@ def run(main):
     return wrapped
 
 
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def main(main_fn, doc, argv):
+    """Runs a CLI: `--help` prints the module's docstring and flags and exits with status 0
+    (absl's own exits with 1); everything else goes through `absl.app.run(run(main_fn))`."""
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(doc.strip() + "\n")
+        print(flags.FLAGS.get_help() if "--helpfull" in argv else
+              flags.FLAGS.main_module_help())
+        sys.exit(0)
+    try:  # A flag value absl refuses: one line naming the flag (absl adds a second one).
+        flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"{os.path.basename(argv[0])}: error: {e}")
+    app.run(run(main_fn), argv)
+
+
 def check_no_arguments(argv):
     """Flags are `--name=value`; anything else on the command line is an error."""
     if len(argv) > 1:
@@ -181,8 +200,3 @@ class Progress:
             self._stream.flush()
             self._width = 0
 
-
-def history_path(problem, optimizer, fixed_lambda=None, directory="saved_histories"):
-    """The fork's default history file: `saved_histories/{problem}_{optimizer}[_{lambda}].csv`."""
-    suffix = "" if fixed_lambda is None else f"_{float(fixed_lambda)!r}"
-    return os.path.join(directory, f"{problem}_{optimizer}{suffix}.csv")

@@ -9,8 +9,8 @@ Files already in this project's format are reported and not copied.
 """
 
 import os
+import sys
 
-from absl import app
 from absl import flags
 
 import cli
@@ -93,4 +93,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(cli.run(main))
+    cli.main(main, __doc__, sys.argv)

@@ -13,6 +13,7 @@ binary records) and checked as they are read: a file that is present but broken 
 import contextlib
 import functools
 import gzip
+import io
 import logging
 import os
 import pathlib
@@ -108,27 +109,50 @@ def _one_line(error, limit=200):
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def _read_bytes(path):
-    """File contents, gunzipped when they start with the gzip magic (whatever the name)."""
+# What a dataset file may hold once inflated: the largest official file (MNIST's training images)
+# is 47 MB; a file that inflates past this is not a dataset file (a "gzip bomb" is refused
+# before it fills the memory).
+MAX_FILE_BYTES = 512 * 2**20
+
+
+def _open_stream(path):
+    """A binary stream of the file's contents, gunzipped when they start with the gzip magic.
+
+    Only regular files are opened (a FIFO would block, a device never end), up to
+    `MAX_FILE_BYTES` on disk.
+    """
     path = pathlib.Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot be read ({_one_line(e)}); check the path and "
-                           "permissions.") from None
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
+        raw = util.read_file(path, MAX_FILE_BYTES, what="dataset file", error=DatasetError)
+    except DatasetError as e:
+        raise DatasetError(f"{e} Check the path and permissions.") from None
+    stream = io.BytesIO(raw)
+    return gzip.GzipFile(fileobj=stream) if raw[:2] == _GZIP_MAGIC else stream
+
+
+def _read(path, stream, size):
+    """Exactly `size` bytes of `stream`, or fewer at its end; a broken gzip is one line."""
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError.
+        return stream.read(size)
+    except (OSError, EOFError, ValueError, zlib.error) as e:  # BadGzipFile is an OSError.
         raise DatasetError(f"{path}: corrupt or truncated gzip stream ({_one_line(e)}); "
                            "replace it with a fresh copy.") from None
+
+
+def _read_bytes(path):
+    """File contents (gunzipped), at most `MAX_FILE_BYTES` of them."""
+    data = _read(path, _open_stream(path), MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise DatasetError(f"{path}: inflates to more than {MAX_FILE_BYTES} bytes; it is not a "
+                           f"dataset file.")
+    return data
 
 
 def read_idx(path):
     """Reads an unsigned-byte IDX file (MNIST format), gzipped or raw.
 
-    Gzip is detected from the content's magic bytes, not from the file name.
+    Gzip is detected from the content's magic bytes, not from the file name. The header is read
+    first; only the number of bytes it declares is inflated (plus one, to detect trailing ones).
 
     Args:
         path: str or path-like, the IDX file.
@@ -141,31 +165,38 @@ def read_idx(path):
         DatasetError: the file is unreadable, its gzip stream is corrupt, its magic number is
             not one of the two above, or its payload is shorter or longer than its header says.
     """
-    data = _read_bytes(path)
+    stream = _open_stream(path)
     fix = "replace it with a fresh copy of the standard file"
-    if len(data) < 4:
-        raise DatasetError(f"{path}: {len(data)} bytes is too short for an IDX header; {fix}.")
-    magic = int.from_bytes(data[:4], "big")
+    head = _read(path, stream, 4)
+    if len(head) < 4:
+        raise DatasetError(f"{path}: {len(head)} bytes is too short for an IDX header; {fix}.")
+    magic = int.from_bytes(head, "big")
     if magic not in (_IDX_MAGIC_LABELS, _IDX_MAGIC_IMAGES):
         raise DatasetError(
             f"{path}: IDX magic number 0x{magic:08X} is not 0x{_IDX_MAGIC_IMAGES:08X} (uint8 "
             f"images) or 0x{_IDX_MAGIC_LABELS:08X} (uint8 labels); {fix}.")
     ndim = magic & 0xFF
     header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise DatasetError(f"{path}: truncated IDX header ({len(data)} of {header_size} "
-                           f"bytes); {fix}.")
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dims_bytes = _read(path, stream, 4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header ({4 + len(dims_bytes)} of "
+                           f"{header_size} bytes); {fix}.")
+    dims = tuple(int.from_bytes(dims_bytes[4 * i:4 * i + 4], "big") for i in range(ndim))
     expected = int(np.prod(dims, dtype=np.int64))
-    payload = len(data) - header_size
+    if expected > MAX_FILE_BYTES:
+        raise DatasetError(f"{path}: its header declares {expected} bytes of data (shape "
+                           f"{list(dims)}), more than any dataset file has; {fix}.")
+    data = _read(path, stream, expected + 1)
+    payload = len(data)
     if payload < expected:
         raise DatasetError(f"{path}: truncated: {payload} data bytes but the header's shape "
                            f"{list(dims)} needs {expected}; {fix}.")
     if payload > expected:
-        raise DatasetError(f"{path}: {payload - expected} unexpected trailing bytes after the "
+        trailing = payload - expected + len(_read(path, stream, 2**20))  # Counted up to 1 MiB.
+        raise DatasetError(f"{path}: {trailing} unexpected trailing bytes after the "
                            f"{expected} that the header's shape {list(dims)} needs; {fix}.")
     # frombuffer over immutable bytes: a read-only array with no extra copy.
-    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
+    return np.frombuffer(data[:expected], dtype=np.uint8).reshape(dims)
 
 
 def read_cifar_binary(path, num_label_bytes):

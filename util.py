@@ -73,7 +73,7 @@ def read_file(path, limit=DEFAULT_READ_LIMIT, what="file", error=FileFormatError
                     f"not a regular file.")
     if info.st_size > limit:
         raise error(f"{what[:1].upper() + what[1:]} {path} has {info.st_size} bytes, more than "
-                    f"the {limit} a {what} may have; it is not a {what}.")
+                    f"the {limit} allowed; is it the right file?")
     try:
         # O_NONBLOCK: should the path be swapped for a FIFO after the check, open does not hang.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))

@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -362,4 +361,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(cli.run(main))
+    cli.main(main, __doc__, sys.argv)

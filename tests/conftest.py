@@ -2,23 +2,30 @@
 
 import os
 import pathlib
+import shutil
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-# `../shared` beside the clone holds offline data on the project's machines; a fresh clone
-# elsewhere has none, and the tests that need it skip. L2L_SHARED_DIR points elsewhere.
-SHARED_DIR = pathlib.Path(os.environ.get("L2L_SHARED_DIR", REPO_ROOT.parent / "shared"))
+# The offline data the real-data tests need, as the product finds it: the folder in L2L_DATA_DIR
+# (with mnist/, and legacy/saved_optimizers/ in it or beside it), by default ../shared/data
+# beside the clone (the project's machines). Without it those tests skip, saying so.
+DATA_DIR = pathlib.Path(os.environ.get("L2L_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 
 
 def shared_path(*parts):
-    """A path under the shared data folder, or a pytest skip naming what is missing."""
-    path = SHARED_DIR.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"offline data {path} is absent (set L2L_SHARED_DIR to the shared folder)")
-    return path
+    """`shared_path("data", "mnist")` or `shared_path("legacy", ...)`, or a pytest skip."""
+    kind, rest = parts[0], parts[1:]
+    candidates = ([DATA_DIR.joinpath(*rest)] if kind == "data" else
+                  [DATA_DIR.joinpath(kind, *rest), DATA_DIR.parent.joinpath(kind, *rest)])
+    for path in candidates:
+        if path.exists():
+            return path
+    pytest.skip(f"offline data {candidates[0]} is absent (set L2L_DATA_DIR to the folder that "
+                f"holds mnist/; see README, 'Data')")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,3 +35,15 @@ def pytest_collection_modifyitems(config, items):
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i.name == "test_session"])
         items[:] = kept
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Empties TensorFlow's test folder with shutil, which removes the run folders' symlinks
+    (`best -> .best-N`) as links; TensorFlow's own cleanup follows them and fails."""
+    del session, exitstatus
+    if "tensorflow" not in sys.modules:
+        return
+    from tensorflow.python.platform import googletest  # pylint: disable=import-outside-toplevel
+    directory = googletest.GetTempDir()
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)  # Left empty for TensorFlow's own cleanup.

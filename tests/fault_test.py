@@ -176,7 +176,7 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         ("unroll_not_dividing", "train.py", ["--num_steps=10", "--unroll_length=4"],
          r"unroll_length \(4\) must be positive and divide num_steps \(10\)"),
         ("zero_epochs", "train.py", ["--num_epochs=0"],
-         r"--num_epochs=0: 0 is not a positive integer"),
+         r"--num_epochs=0: 0 is not an integer in the range \[1, "),
         ("negative_learning_rate", "train.py", ["--learning_rate=0"],
          "--learning_rate must be positive"),
         ("zero_lambda_max", "train.py", ["--lambda_max=0"], "--lambda_max must be positive"),
@@ -188,7 +188,7 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         ("negative_reset_period", "evaluate.py", ["--state_reset_period=-1"],
          r"--state_reset_period=-1: -1 is not a non-negative integer"),
         ("zero_steps", "evaluate.py", ["--num_steps=0"],
-         r"--num_steps=0: 0 is not a positive integer"),
+         r"--num_steps=0: 0 is not an integer in the range \[1, "),
         ("unknown_problem", "train.py", ["--problem=svhn"], r"--problem=svhn.*quadratic"),
         ("unknown_optimizer", "evaluate.py", ["--optimizer=Adagrad"], r"--optimizer=Adagrad"),
     )

@@ -1,0 +1,231 @@
+"""A meta-training run's folder (`train.py --save_path`): nothing in it is lost or mixed up.
+
+    DIR/run.json        the flags that define the run (a resume must match them) and its id
+    DIR/.lock           held by the live run (an exclusive lock the OS releases when it dies)
+    DIR/best -> .best-N the best optimizer files of evaluation N, switched as one unit
+    DIR/cw.l2l          -> best/cw.l2l (one link per network, so `--path=DIR` finds them)
+    DIR/checkpoints/    TensorFlow checkpoints (the last two)
+
+The best set is written into a new `.best-N` folder and made current by replacing the one link
+`best` (an atomic rename), so a kill at any moment leaves the previous set or the new one. Each
+file records the evaluation that made it the best, which bounds what may replace it even when
+the checkpoints are gone. Only the chief of a distributed run writes here; the other workers
+read the chief's checkpoints.
+"""
+
+import errno
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+
+import util
+import weights_file
+
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+BEST_LINK = "best"
+CHECKPOINTS = "checkpoints"
+_BEST_DIR = re.compile(r"\.best-(\d+)-[0-9a-f]+")
+MAX_RUN_FILE_BYTES = 2**20
+
+
+class RunFolder:
+    """An open run folder; `open` checks it, locks it and says whether the run resumes."""
+
+    def __init__(self, path, run_id, resuming, chief, lock_fd):
+        self.path, self.run_id, self.resuming, self.chief = path, run_id, resuming, chief
+        self._lock_fd = lock_fd
+        # Non-chief workers write their (required) checkpoints where nobody else reads them.
+        self._scratch = None if chief else tempfile.mkdtemp(prefix="l2l-worker-")
+        if self._scratch:
+            print(f"This worker is not the chief: its checkpoints go to {self._scratch}, the "
+                  f"run's to {path} (the chief's).")
+
+    @classmethod
+    def open(cls, path, flags_of_run, restart=False, chief=True):
+        """Checks, locks and (for a new run) creates `path`; returns the open folder.
+
+        Raises:
+          util.FlagError: `path` is not a folder, is in use, or holds another run or foreign
+            optimizers (the message names --restart or another folder).
+          util.FileFormatError: `run.json` is damaged.
+        """
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise util.FlagError(f"--save_path {path} is a file, not a folder; choose a folder "
+                                 f"(it is created if missing).")
+        if not chief:
+            return cls(path, _read_run(path)["run_id"] if _has_run(path) else None, True,
+                       False, None)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise util.FlagError(f"--save_path {path} cannot be created: {e.strerror}.") from None
+        lock_fd = _lock(path)
+        try:
+            run_id, resuming = _open_run(path, flags_of_run, restart)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(path, run_id, resuming, True, lock_fd)
+
+    def close(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- The best optimizers --------------------------------------------------------------
+
+    def best_evaluation(self):
+        """`(evaluation, epoch)` recorded in the current best files of this run, or None.
+
+        A damaged best file is reported and does not count: the next evaluation replaces it.
+        """
+        best = None
+        for name in self.best_files():
+            file = os.path.join(self.path, name)
+            try:
+                metadata = weights_file.load(file).metadata
+            except util.WeightsFileError as e:
+                print(f"Warning: the saved best optimizer is unreadable ({e}); the next "
+                      f"evaluation will replace it.")
+                return None
+            if metadata.get("run_id") != self.run_id or "evaluation" not in metadata:
+                return None
+            best = (metadata["evaluation"], metadata.get("epoch"))
+        return best
+
+    def best_files(self):
+        """The optimizer files of the current best set (names in the folder)."""
+        directory = os.path.join(self.path, BEST_LINK)
+        if os.path.isdir(directory):
+            return sorted(f for f in os.listdir(directory) if f.endswith(weights_file.SUFFIX))
+        # Runs saved before the best set was one unit: plain files in the folder.
+        return sorted(f for f in os.listdir(self.path) if f.endswith(weights_file.SUFFIX)
+                      and os.path.isfile(os.path.join(self.path, f)))
+
+    def save_best(self, optimizer, evaluation_number, metadata):
+        """Saves every network of `optimizer` as the new best set, switched in atomically."""
+        if not self.chief:
+            return []
+        new = os.path.join(self.path, f".best-{evaluation_number:06d}-{uuid.uuid4().hex[:8]}")
+        try:
+            paths = optimizer.save(new, metadata)
+            util.fsync_directory(new)
+            _replace_link(os.path.join(self.path, BEST_LINK), os.path.basename(new))
+            for path in paths:  # Links from the folder into the current set, made once.
+                name = os.path.basename(path)
+                link = os.path.join(self.path, name)
+                target = os.path.join(BEST_LINK, name)
+                if not (os.path.islink(link) and os.readlink(link) == target):
+                    _replace_link(link, target)
+            util.fsync_directory(self.path)
+        except OSError as e:
+            raise util.FileFormatError(f"Cannot save the best optimizer in {self.path}: "
+                                       f"{e.strerror}; the previous best is intact.") from None
+        current = os.path.realpath(os.path.join(self.path, BEST_LINK))
+        for old in glob.glob(os.path.join(self.path, ".best-*")):
+            if os.path.realpath(old) != current:
+                shutil.rmtree(old, ignore_errors=True)
+        return [os.path.join(self.path, os.path.basename(p)) for p in paths]
+
+    # -- Checkpoints ----------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self):
+        """Where the chief's checkpoints are (every worker restores from there)."""
+        return os.path.join(self.path, CHECKPOINTS)
+
+    @property
+    def checkpoint_write_dir(self):
+        """Where this process writes its checkpoints."""
+        return self.checkpoint_dir if self.chief else self._scratch
+
+    def clear_checkpoints(self):
+        if self.chief:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+
+def _lock(path):
+    """An exclusive lock on `path/.lock` for this process's lifetime; its PID is written in it."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise util.FlagError(f"--save_path {path}: cannot create its lock file ({e.strerror}); "
+                             f"check its permissions.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise util.FlagError(f"--save_path {path} is in use by another run (process "
+                                 f"{holder}); wait for it to end, or choose another folder."
+                                 ) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _has_run(path):
+    return os.path.lexists(os.path.join(path, RUN_FILE))
+
+
+def _read_run(path):
+    """`run.json`, validated: `{"run_id": str, "flags": {name: value}}`."""
+    run_file = os.path.join(path, RUN_FILE)
+    data = util.read_file(run_file, MAX_RUN_FILE_BYTES, what="run file")
+    try:
+        run = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise util.FileFormatError(f"{run_file} is damaged ({str(e)[:100]}); pass --restart to "
+                                   f"start over.") from None
+    if (not isinstance(run, dict) or not isinstance(run.get("run_id"), str)
+            or not isinstance(run.get("flags"), dict)
+            or not all(isinstance(v, (str, int, float, bool, type(None)))
+                       for v in run["flags"].values())):
+        raise util.FileFormatError(f"{run_file} is damaged (not a run record); pass --restart to "
+                                   f"start over.")
+    return run
+
+
+def _open_run(path, flags_of_run, restart):
+    """Checks or creates the run file; returns `(run_id, resuming)`."""
+    if restart:
+        shutil.rmtree(os.path.join(path, CHECKPOINTS), ignore_errors=True)
+        if os.path.lexists(os.path.join(path, RUN_FILE)):
+            os.remove(os.path.join(path, RUN_FILE))
+    elif _has_run(path):
+        run = _read_run(path)
+        recorded = run["flags"]
+        differ = [name for name in flags_of_run if recorded.get(name) != flags_of_run[name]]
+        if differ:
+            was = ", ".join(f"--{name}={recorded.get(name)}" for name in differ)
+            raise util.FlagError(f"--save_path {path} holds a run with {was}; resume it with "
+                                 f"the same flags, or pass --restart to start over.")
+        return run["run_id"], True
+    elif any(f.endswith(weights_file.SUFFIX) for f in os.listdir(path)):
+        raise util.FlagError(f"--save_path {path} holds saved optimizers but no run to "
+                             f"resume; choose a new folder, or pass --restart to train into it.")
+    run_id = uuid.uuid4().hex
+    util.atomic_write(os.path.join(path, RUN_FILE),
+                      json.dumps({"run_id": run_id, "flags": flags_of_run}, indent=1).encode(),
+                      what="run file")
+    return run_id, False
+
+
+def _replace_link(link, target):
+    """Points symlink `link` at `target`, atomically (a new link renamed over the old)."""
+    temporary = f"{link}.tmp-{uuid.uuid4().hex[:8]}"
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, link)
+    except BaseException:
+        os.remove(temporary)
+        raise

@@ -1,0 +1,348 @@
+"""The meta-training loop of `train.py`: epochs, evaluations, checkpoints and faults.
+
+`train` builds the optimizer and its unrolls (under a `tf.distribute` strategy when asked),
+resumes from the run folder's last usable checkpoint, and runs epochs: a non-finite meta-update
+is skipped (it never reaches the weights), a checkpoint is written only of finite weights, and
+an evaluation that beats the best so far replaces the saved optimizer set as one unit.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+
+import util
+util.import_tensorflow()
+
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
+
+import cli  # noqa: E402  pylint: disable=wrong-import-position
+import configs  # noqa: E402  pylint: disable=wrong-import-position
+import meta  # noqa: E402  pylint: disable=wrong-import-position
+
+OBJECTIVES = {"train": "the optimizee's losses on its training batches",
+              "validation": "its losses on held-out batches at the same iterates"}
+# The flags that define the computation: a run resumes only with the same values. Flags of an
+# optimizer kind count only for that kind.
+RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
+             "seed", "which_aml", "meta_objective", "state_reset_period", "net_options",
+             "meta_batch_size")
+KIND_FLAGS = {"L2L": (), "fixed": ("fixed_lambda",),
+              "learned": ("fixed_lambda", "lambda_mode", "lambda_max")}
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def run_flags(flags, objective):
+    """The values that define the run, as `run.json` records them."""
+    values = {name: flags[name].value for name in RUN_FLAGS + KIND_FLAGS[flags.which_aml]}
+    values["meta_objective"] = objective
+    return values
+
+
+def make_strategy(name):
+    """`(tf.distribute strategy or None, whether this process is the chief)`."""
+    if name == "none":
+        return None, True
+    if name == "mirrored":
+        # This machine's GPUs, or else its (logical) CPUs: MirroredStrategy's own default
+        # would take one CPU only.
+        devices = (tf.config.list_logical_devices("GPU")
+                   or tf.config.list_logical_devices("CPU"))
+        return tf.distribute.MirroredStrategy([d.name for d in devices]), True
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", ""))
+        task, spec = cluster["task"], cluster["cluster"]
+        chief = (task["type"] == "chief" or
+                 (task["type"] == "worker" and int(task["index"]) == 0 and "chief" not in spec))
+    except (ValueError, KeyError, TypeError):
+        raise util.FlagError("--strategy=multi_worker needs the cluster in the environment "
+                             "variable TF_CONFIG (see README, 'Several machines').") from None
+    return tf.distribute.MultiWorkerMirroredStrategy(), chief
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a request to stop after the current epoch; a second one aborts."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _build(flags, config, objective, strategy):
+    """`(MetaOptimizer, meta-training Unroll, evaluation Unroll, evaluation batch)`."""
+    net_config = configs.with_optimizer_kind(config.net_config, flags.which_aml,
+                                             flags.fixed_lambda, flags.lambda_mode,
+                                             flags.lambda_max)
+    if flags.net_options:
+        net_config = configs.with_net_options(net_config, flags.net_options)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    if flags.meta_batch_size % replicas:
+        raise util.FlagError(f"--meta_batch_size={flags.meta_batch_size} must be a multiple of "
+                             f"the {replicas} replicas of --strategy={flags.strategy}.")
+    eval_config = configs.get_config(flags.problem, "validation", flags.data_dir)
+    with strategy.scope() if strategy else meta._no_scope():  # pylint: disable=protected-access
+        try:
+            optimizer = meta.MetaOptimizer(**net_config)
+        except util.UserError:
+            raise
+        except ValueError as e:
+            raise util.FlagError(f"The optimizer's options are invalid ({e}); check "
+                                 f"--net_options, --fixed_lambda and --lambda_max.") from None
+        minimize = optimizer.meta_minimize(
+            config.problem, flags.unroll_length, learning_rate=flags.learning_rate,
+            net_assignments=config.net_assignments, second_derivatives=flags.second_derivatives,
+            state_reset_period=flags.state_reset_period, meta_objective=objective,
+            mode=flags.mode, meta_batch_size=flags.meta_batch_size, strategy=strategy)
+        # Held-out epochs (validation data where the problem has data) choose the optimizer to
+        # keep; with replicas, each evaluates its share of them at once.
+        evaluation = optimizer.meta_loss(
+            eval_config.problem, meta.eval_unroll_length(flags.num_steps),
+            net_assignments=eval_config.net_assignments,
+            state_reset_period=flags.state_reset_period, mode=flags.mode,
+            meta_batch_size=replicas, strategy=strategy)
+    return optimizer, minimize, evaluation, replicas
+
+
+def _counters():
+    """Everything a resumed run needs beside the weights; the data's random state is the epoch
+    counter itself, as every epoch's seed derives from (--seed, epoch)."""
+    return {"epoch": tf.Variable(0, dtype=tf.int64), "evaluations": tf.Variable(0, tf.int64),
+            "best_evaluation": tf.Variable(float("inf"), dtype=tf.float64),
+            "best_epoch": tf.Variable(0, dtype=tf.int64),
+            "nonfinite_epochs": tf.Variable(0, tf.int64)}
+
+
+def _restore(checkpoint, folder):
+    """Restores the newest usable checkpoint; returns its path (None: nothing to restore).
+
+    Raises:
+      util.FileFormatError: the run resumes but no checkpoint is usable (names --restart).
+    """
+    directory = folder.checkpoint_dir
+    restart = (f"pass --restart to start over (the best optimizer in {folder.path} stays until "
+               f"a better one replaces it)")
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise util.FileFormatError(f"{directory} is not a folder of checkpoints; {restart}.")
+    candidates = sorted(glob.glob(os.path.join(directory, "ckpt-*.index")),
+                        key=lambda p: int(p.rsplit("-", 1)[1].split(".")[0]), reverse=True)
+    if not candidates:
+        if folder.resuming and folder.best_files():
+            raise util.FileFormatError(f"{folder.path} holds a run but no checkpoint to resume "
+                                       f"it from; {restart}.")
+        return None
+    reasons = []
+    for index_file in candidates:
+        path = index_file[:-len(".index")]
+        try:
+            checkpoint.read(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
+            reasons.append(f"{os.path.basename(path)}: {str(e).splitlines()[0][:120]}")
+            continue
+        if reasons:
+            print(f"Checkpoint(s) unusable ({'; '.join(reasons)}); resuming from {path}.")
+        return path
+    raise util.FileFormatError(f"No checkpoint in {directory} is usable ({'; '.join(reasons)}); "
+                               f"{restart}.")
+
+
+class _Checkpoints:
+    """Saves checkpoints of finite weights only; a failed save is one line, not a traceback."""
+
+    def __init__(self, checkpoint, folder, variables):
+        self._manager = tf.train.CheckpointManager(checkpoint, folder.checkpoint_write_dir,
+                                                   max_to_keep=2)
+        self._variables = variables
+        self.last_good = None
+
+    def save(self):
+        if not all(np.all(np.isfinite(v.numpy())) for v in self._variables):
+            print(f"Not checkpointing non-finite weights; the last good checkpoint is "
+                  f"{self.last_good or 'none'}.")
+            return
+        directory = self._manager.directory
+        try:
+            self.last_good = self._manager.save()
+        except (tf.errors.OpError, OSError) as e:
+            for partial in glob.glob(os.path.join(directory, "ckpt-*_temp*")):
+                shutil.rmtree(partial, ignore_errors=True)
+            reason = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
+            raise util.FileFormatError(
+                f"Cannot write a checkpoint in {directory} ({reason.splitlines()[0][:150]}); "
+                f"free space or fix permissions. The last checkpoint "
+                f"({self.last_good or 'none'}) is intact.") from None
+
+
+def train(flags, config, objective, num_unrolls, strategy, folder):
+    """Meta-trains; returns the exit status (0, 1 after too many non-finite epochs, or the
+    signal's)."""
+    tf.random.set_seed(flags.seed)  # The networks' initial weights.
+    optimizer, minimize, evaluation, eval_batch = _build(flags, config, objective, strategy)
+    state = _counters()
+    checkpoints = None
+    if folder:
+        checkpoint = tf.train.Checkpoint(optimizer=optimizer, meta_adam=minimize.optimizer,
+                                         **state)
+        restored = _restore(checkpoint, folder) if folder.resuming else None
+        if folder.resuming:
+            saved = folder.best_evaluation()
+            if saved is not None and saved[0] < state["best_evaluation"].numpy():
+                state["best_evaluation"].assign(saved[0])
+                state["best_epoch"].assign(saved[1] or 0)
+        if restored:
+            print(f"Resuming from epoch {int(state['epoch'])} of {flags.num_epochs} "
+                  f"({restored}).")
+            if int(state["epoch"]) >= flags.num_epochs:
+                print("The run is complete; raise --num_epochs to train it further.")
+                _summary(state, folder)
+                return 0
+        checkpoints = _Checkpoints(checkpoint, folder, minimize.variables)
+        checkpoints.last_good = restored
+    writer = _summary_writer(flags.logdir)
+    stop = _StopRequest()
+    progress = cli.Progress(flags.num_epochs, int(state["epoch"]))
+    period_epochs, consecutive_nonfinite = [], 0
+    try:
+        for e in range(int(state["epoch"]), flags.num_epochs):
+            epoch = meta.run_epoch(minimize, num_unrolls,
+                                   meta.instance_seeds(flags.seed, meta.TRAIN, e,
+                                                       flags.meta_batch_size))
+            state["epoch"].assign(e + 1)
+            if epoch.finite:
+                consecutive_nonfinite = 0
+                period_epochs.append(epoch)
+                progress.update(e + 1, epoch.meta_loss)
+                _summaries(writer, e + 1, {"train/final_loss": epoch.final_loss,
+                                           "train/meta_loss": epoch.meta_loss,
+                                           "train/epoch_time": epoch.time})
+            else:
+                consecutive_nonfinite += 1
+                state["nonfinite_epochs"].assign_add(1)
+                progress.clear()
+                print(f"Non-finite meta-loss or meta-gradient at epoch {e + 1} "
+                      f"({consecutive_nonfinite} in a row, {int(state['nonfinite_epochs'])} in "
+                      f"all): update skipped, optimizee reset.")
+                if consecutive_nonfinite >= flags.max_nonfinite:
+                    kept = (f" The last good checkpoint ({checkpoints.last_good}) and the best "
+                            f"optimizer in {folder.path} are intact."
+                            if checkpoints and checkpoints.last_good else "")
+                    print(f"Stopped: {consecutive_nonfinite} consecutive epochs with a "
+                          f"non-finite meta-loss.{kept} Try a lower --learning_rate.")
+                    return 1
+            if (e + 1) % flags.log_period == 0:
+                progress.clear()
+                _log(e + 1, period_epochs, writer)
+                period_epochs = []
+            if (e + 1) % flags.evaluation_period == 0:
+                progress.clear()
+                _evaluate(flags, evaluation, eval_batch, optimizer, state, e + 1, folder,
+                          checkpoints, writer)
+            if checkpoints and ((e + 1) % flags.checkpoint_period == 0 or stop.signal):
+                checkpoints.save()
+            if stop.signal:
+                progress.clear()
+                where = (f"checkpoint written to {checkpoints.last_good}. Run the same command "
+                         f"again to resume." if checkpoints else
+                         "nothing was saved (no --save_path).")
+                print(f"Stopped by {stop.signal} after epoch {e + 1}; {where}")
+                _summary(state, folder)
+                return EXIT_SIGNAL[stop.signal]
+        if checkpoints:
+            checkpoints.save()
+        progress.clear()
+        _summary(state, folder)
+        return 0
+    except KeyboardInterrupt:
+        progress.clear()
+        print(f"Aborted; the last checkpoint "
+              f"({checkpoints.last_good if checkpoints else 'none: no --save_path'}) is intact.")
+        return EXIT_SIGNAL["SIGINT"]
+    finally:
+        stop.restore()
+        if writer is not None:
+            writer.close()
+
+
+def _summary_writer(logdir):
+    if not logdir:
+        return None
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise util.FlagError(f"--logdir {logdir} is a file; choose a folder for the TensorBoard "
+                             f"summaries.")
+    try:
+        return tf.summary.create_file_writer(logdir)
+    except (tf.errors.OpError, OSError) as e:
+        raise util.FlagError(f"--logdir {logdir} cannot be written ({e}).") from None
+
+
+def _summaries(writer, step, scalars):
+    if writer is not None:
+        with writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+
+
+def _log(epoch, period_epochs, writer):
+    """The original's stats lines over the finite epochs of a log period, and lambda's."""
+    if not period_epochs:
+        print(f"Epoch {epoch}\nNo finite epoch in this log period.")
+        return
+    cli.print_stats(f"Epoch {epoch}", sum(e.final_loss for e in period_epochs),
+                    sum(e.time for e in period_epochs), len(period_epochs))
+    stats = meta.lambda_stats([r for e in period_epochs for r in e.results])
+    cli.print_lambda_stats(stats)
+    for key, (mean, low, high) in stats.items():
+        _summaries(writer, epoch, {f"lambda/{key}/mean": mean, f"lambda/{key}/min": low,
+                                   f"lambda/{key}/max": high})
+
+
+def _evaluate(flags, evaluation, batch, optimizer, state, epoch, folder, checkpoints, writer):
+    """Held-out epochs; saves the optimizer (then a checkpoint) when it beats the best so far."""
+    results = []
+    while len(results) < flags.evaluation_epochs:
+        first = int(state["evaluations"])
+        seeds = np.stack([meta.epoch_seed(flags.seed, meta.VALIDATION, first + i)
+                          for i in range(batch)])
+        state["evaluations"].assign_add(batch)
+        results += meta.run_epochs(evaluation, flags.num_steps // evaluation.unroll_length,
+                                   seeds)
+    results = results[:flags.evaluation_epochs]
+    eval_cost = sum(r.final_loss for r in results)
+    cli.print_stats("EVALUATION", eval_cost, sum(r.time for r in results), len(results))
+    cli.report_divergence(results, "evaluation epochs")
+    mean = eval_cost / len(results)
+    _summaries(writer, epoch, {"evaluation/final_loss": mean})
+    if np.isfinite(mean) and mean < state["best_evaluation"].numpy():
+        state["best_evaluation"].assign(mean)
+        state["best_epoch"].assign(epoch)
+        if folder:
+            paths = folder.save_best(optimizer, int(state["evaluations"]),
+                                     {"run_id": folder.run_id, "epoch": epoch,
+                                      "evaluation": mean})
+            if paths:
+                print(f"Saving meta-optimizer to {folder.path}")
+            checkpoints.save()  # At once, so that a resumed run knows this best.
+
+
+def _summary(state, folder):
+    """The closing lines: the best evaluation, its loss, and where it is."""
+    best = state["best_evaluation"].numpy()
+    if not np.isfinite(best):
+        print("No evaluation yet (see --evaluation_period); nothing kept as the best.")
+        return
+    where = (f"saved in {folder.path} ({', '.join(folder.best_files())})" if folder
+             else "not saved (no --save_path)")
+    print(f"Best evaluation: epoch {int(state['best_epoch'])}, mean final loss {best:.4g} "
+          f"(log10 {np.log10(best):.2f}); {where}.")
