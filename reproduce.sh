@@ -4,6 +4,7 @@
 #
 #   MNIST_DIR=/path/to/mnist [FASHION_DIR=/path/to/fashion-mnist] ./reproduce.sh [problem ...]
 #
+# PYTHON is the Python to use (default: the README's .venv/bin/python, else python3).
 # MNIST_DIR and FASHION_DIR, each a folder of the four IDX files, are optional: without them
 # evaluate.py searches as usual (L2L_DATA_DIR/<dataset>/, Debian's dataset-fashion-mnist,
 # tensorflow_datasets). They are separate because the two datasets' files have the same names.
@@ -12,12 +13,13 @@
 # 100-step MNIST-sized problem on one CPU core.
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON=${PYTHON:-python}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 GRID=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3
 SGD_GRID=$GRID,10,30  # Plain SGD's best rate was the top of GRID on quadratic and mnist.
 EPOCHS=${EPOCHS:-100}
 OUT=results
-mkdir -p $OUT/histories
 
 # problem name in the table, --problem, --num_steps, folder of the shipped optimizers.
 CASES=(
@@ -29,6 +31,16 @@ CASES=(
   "mnist-relu mnist-relu 100 mnist"
   "fashion_mnist fashion_mnist 100 fashion_mnist"
 )
+
+names=()
+for case in "${CASES[@]}"; do read -r name _ <<< "$case"; names+=("$name"); done
+for wanted in "$@"; do  # An unknown case is an error before anything is written.
+  if [[ ! " ${names[*]} " =~ " $wanted " ]]; then
+    echo "reproduce.sh: unknown case '$wanted'; the cases are: ${names[*]}" >&2
+    exit 2
+  fi
+done
+mkdir -p $OUT/histories
 
 evaluate() {  # name, then evaluate.py flags
   local name=$1; shift
@@ -59,11 +71,14 @@ for case in "${CASES[@]}"; do
   done
   joined=$(IFS=,; echo "${histories[*]}")
   $PYTHON plot.py --histories="$joined" --output=$OUT/$name.png --title="$name ($steps steps)"
+  # Each file is written whole under a temporary name, then renamed: a failure keeps the old one.
   { echo; echo "### $name ($steps steps)"; echo; $PYTHON plot.py --histories="$joined" --table; } \
-    > $OUT/table_$name.md
+    > $OUT/table_$name.md.tmp
+  mv $OUT/table_$name.md.tmp $OUT/table_$name.md
 done
 for case in "${CASES[@]}"; do  # The table in the order of CASES, with what exists so far.
   read -r name _ <<< "$case"
   if [ -f $OUT/table_$name.md ]; then cat $OUT/table_$name.md; fi
-done > $OUT/table.md
+done > $OUT/table.md.tmp
+mv $OUT/table.md.tmp $OUT/table.md
 echo "Table: $OUT/table.md"

@@ -190,7 +190,8 @@ class LambdaCliTest(tf.test.TestCase, parameterized.TestCase):
             env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
         self.assertEqual(result.returncode, 0, result.stderr)
         header, rows = cli.read_history(
-            os.path.join(directory, "saved_histories", "quadratic_Adam.csv"))
+            os.path.join(directory, "saved_histories",
+                         "quadratic_Adam_lr0.1_numsteps5_numepochs2.csv"))
         self.assertEqual(rows.shape, (2, 5))
         self.assertIn("learning_rate=0.1", header)
 
