@@ -6,6 +6,8 @@
     python bench/bench.py --quick                 # a smoke run of a few seconds
     python bench/bench.py --compare_peer=../peer-venv/bin/python   # then the JAX peer, ratios
     python bench/bench.py --sweep_unroll          # memory growth with the unroll length
+    python bench/bench.py --sweep_meta_batch      # meta-batches of 1, 2, 4 and 8 instances
+    python bench/bench.py --keras                 # LearnedOptimizer in model.fit against Adam
 
 See bench/README.md for the fields and how to read them.
 """
@@ -71,6 +73,11 @@ flags.DEFINE_integer("repeats", 1, "With --compare_peer: alternate this many run
 flags.DEFINE_boolean("sweep_unroll", False, "Run unroll lengths 10, 20, 40 and 80 with and "
                      "without rematerialisation, each in its own process; print the memory "
                      "above the after-import level and its growth per unroll step.")
+flags.DEFINE_integer("meta_batch_size", 1, "Problem instances per meta-iteration.", lower_bound=1)
+flags.DEFINE_boolean("sweep_meta_batch", False, "Run meta-batches of 1, 2, 4 and 8 instances, "
+                     "each in its own process, and print a table.")
+flags.DEFINE_boolean("keras", False, "Time LearnedOptimizer against Keras Adam in model.fit on "
+                     "the MNIST MLP and on a model of about a million parameters.")
 flags.DEFINE_boolean("compare_modes", False, "Run every compilation mode, each in its own "
                      "process, and print a table.")
 
@@ -144,7 +151,8 @@ def _meta_iteration_times(minimize, num_unrolls, count):
     for i in range(count):
         start = time.perf_counter()
         if i % num_unrolls == 0:
-            minimize.reset(meta.epoch_seed(0, meta.TRAIN, i // num_unrolls))
+            minimize.reset(meta.instance_seeds(0, meta.TRAIN, i // num_unrolls,
+                                               minimize.meta_batch_size))
         result = minimize()
         for tensor in tf.nest.flatten(result):
             tensor.numpy()  # Wait for the unroll, its meta-gradient and the Adam step.
@@ -168,7 +176,7 @@ def benchmark():
     remat = {"auto": None, "on": True, "off": False}[FLAGS.rematerialize]
     minimize = optimizer.meta_minimize(config.problem, unroll_length, learning_rate=0.001,
                                        net_assignments=config.net_assignments, mode=FLAGS.mode,
-                                       rematerialize=remat)
+                                       rematerialize=remat, meta_batch_size=FLAGS.meta_batch_size)
     eval_length = meta.eval_unroll_length(num_steps)
     evaluation = optimizer.meta_loss(config.problem, eval_length,
                                      net_assignments=config.net_assignments, mode=FLAGS.mode)
@@ -195,6 +203,10 @@ def benchmark():
         "compile_s": times[0],
         "eval_compile_s": eval_times[0],
         "rematerialize": minimize.rematerialize,
+        "meta_batch_size": minimize.meta_batch_size,
+        "instances_per_s": minimize.meta_batch_size / s_per_meta_iteration,
+        # What a data-parallel run all-reduces per meta-update: the meta-gradient (float32).
+        "allreduce_bytes": 4 * sum(v.shape.num_elements() for v in minimize.variables),
         "peak_rss_mb": _peak_rss_mb(),
         "train_peak_rss_mb": train_rss,
         "rss_after_import_mb": rss_after_import,
@@ -217,7 +229,8 @@ def _run_child(**overrides):
     """The JSON of this script run in a new process (peak RSS is per process)."""
     settings = {name: _setting(name) for name in
                 ("problem", "unroll_length", "num_steps", "iterations", "eval_epochs",
-                 "intra_op_threads", "inter_op_threads", "mode", "data_dir", "rematerialize")}
+                 "intra_op_threads", "inter_op_threads", "mode", "data_dir", "rematerialize",
+                 "meta_batch_size")}
     if FLAGS.problem == "mnist":  # --hidden applies to the MNIST MLP only.
         settings["hidden"] = FLAGS.hidden
     settings.update(overrides)
@@ -316,6 +329,93 @@ def _sweep_unroll():
     return {"sweep_unroll": rows}
 
 
+def _sweep_meta_batch():
+    """Seconds per meta-update and instances per second for meta-batches of 1, 2, 4, 8."""
+    rows = [_run_child(meta_batch_size=b) for b in (1, 2, 4, 8)]
+    print(f"{'B':>3} {'s/iter':>8} {'instances/s':>12} {'peak_mb':>8} {'allreduce_bytes':>16}")
+    for r in rows:
+        print(f"{r['meta_batch_size']:>3} {r['s_per_meta_iteration']:>8.3f} "
+              f"{r['instances_per_s']:>12.2f} {r['peak_rss_mb']:>8.0f} "
+              f"{r['allreduce_bytes']:>16}")
+    return {"sweep_meta_batch": rows}
+
+
+def _keras_model(name):
+    import keras  # pylint: disable=import-outside-toplevel
+    hidden = (20,) if name == "mnist_mlp" else (1024, 256)
+    layers = [keras.Input((784,))] + [keras.layers.Dense(h, activation="sigmoid")
+                                      for h in hidden] + [keras.layers.Dense(10)]
+    return keras.Sequential(layers)
+
+
+def _keras_benchmark():
+    """model.fit steps with LearnedOptimizer and Adam; the optimizer's own cost per parameter
+    against the bare network step's, in this process."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import learned_optimizer  # pylint: disable=import-outside-toplevel
+    import networks  # pylint: disable=import-outside-toplevel
+    path = str(pathlib.Path(__file__).resolve().parent.parent / "saved_optimizers" / "mnist" /
+               "cw.l2l")
+    rng = np.random.default_rng(0)
+    x = rng.random([128 * 64, 784], np.float32)
+    y = rng.integers(0, 10, [128 * 64]).astype(np.int32)
+    steps = _setting("iterations")
+    rows = []
+    for model_name in ("mnist_mlp", "million"):
+        row = {"model": model_name}
+        for optimizer_name in ("learned", "adam", "sgd"):
+            keras.utils.set_random_seed(0)
+            model = _keras_model(model_name)
+            optimizer = {"learned": lambda: learned_optimizer.LearnedOptimizer(path),
+                         "adam": lambda: keras.optimizers.Adam(0.01),
+                         "sgd": lambda: keras.optimizers.SGD(0.01)}[optimizer_name]()
+            model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True), jit_compile=True)
+            model.fit(x[:128 * 4], y[:128 * 4], batch_size=128, epochs=1, verbose=0)  # Compile.
+            start = time.perf_counter()
+            model.fit(x[:128 * steps], y[:128 * steps], batch_size=128, epochs=1, verbose=0,
+                      shuffle=False)
+            row[f"s_per_step_{optimizer_name}"] = (time.perf_counter() - start) / steps
+            row["parameters"] = model.count_params()
+        # The optimizer alone: apply() on fixed gradients, compiled, per parameter and step...
+        model = _keras_model(model_name)
+        variables = model.trainable_variables
+        grads = [tf.random.normal(v.shape, stddev=0.01) for v in variables]
+        optimizer = learned_optimizer.LearnedOptimizer(path)
+        apply = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=True)
+        # ... against the network's bare step on as many coordinates.
+        net = networks.factory("CoordinateWiseDeepLSTM", net_path=path)
+        n = row["parameters"]
+        weights = net.step_weights()
+        bare = tf.function(lambda g, s: net.step(weights, g, s, g), jit_compile=True)
+        g = tf.random.normal([n], stddev=0.01)
+        state = net.initial_state_for_inputs(g)
+        for label, call in (("optimizer", lambda: apply()),
+                            ("network_step", lambda: bare(g, state).step.numpy())):
+            call()
+            call()
+            start = time.perf_counter()
+            for _ in range(steps):
+                result = call()
+            if label == "optimizer":
+                variables[0].numpy()
+            del result
+            row[f"ns_per_parameter_{label}"] = (time.perf_counter() - start) / steps / n * 1e9
+        row["optimizer_over_network_step"] = (row["ns_per_parameter_optimizer"]
+                                              / row["ns_per_parameter_network_step"])
+        rows.append(row)
+    print(f"{'model':>10} {'params':>8} {'learned s/step':>15} {'adam s/step':>12} "
+          f"{'sgd s/step':>11} {'opt ns/param':>13} {'net ns/param':>13} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['model']:>10} {r['parameters']:>8} {r['s_per_step_learned']:>15.4f} "
+              f"{r['s_per_step_adam']:>12.4f} {r['s_per_step_sgd']:>11.4f} "
+              f"{r['ns_per_parameter_optimizer']:>13.1f} "
+              f"{r['ns_per_parameter_network_step']:>13.1f} "
+              f"{r['optimizer_over_network_step']:>6.2f}")
+    return {"keras": rows, "peak_rss_mb": _peak_rss_mb(), "tensorflow": tf.__version__,
+            "cpu_count": _cpu_count()}
+
+
 def main(argv):
     cli.check_no_arguments(argv)
     if _setting("iterations") < 20 and not FLAGS.quick:
@@ -335,6 +435,12 @@ def main(argv):
         return
     if FLAGS.sweep_unroll:
         print(json.dumps(_sweep_unroll()))
+        return
+    if FLAGS.sweep_meta_batch:
+        print(json.dumps(_sweep_meta_batch()))
+        return
+    if FLAGS.keras:
+        print(json.dumps(_keras_benchmark()))
         return
     if not (FLAGS.sweep or FLAGS.compare_modes):
         result = benchmark()
