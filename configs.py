@@ -213,7 +213,7 @@ def with_net_options(net_config, options_json):
             if config["net"] in _LSTM_NETS else config for key, config in net_config.items()}
 
 
-def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None):
+def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--path"):
     """`net_config` with each network's weights taken from `path`, a directory or a file.
 
     In a directory the files are named as `weights_file.file_name` says: `<key>.l2l` (L2L and
@@ -221,13 +221,13 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None):
     network come from its file, which records what it was trained with.
 
     Raises:
-      util.FlagError: no file, or no way to choose between several; the message lists what is
-        there.
+      util.FlagError: no file, or no way to choose between several; the message names `flag`
+        and lists what is there.
     """
     if kind not in OPTIMIZER_KINDS:
         raise ValueError(f"Unknown optimizer kind {kind!r}; expected one of {OPTIMIZER_KINDS}.")
     if not os.path.exists(path):
-        raise util.FlagError(f"--path {path} does not exist.")
+        raise util.FlagError(f"{flag} {path} does not exist.")
     result = {}
     for key, config in net_config.items():
         learned_net = config["net"] in _LSTM_NETS
@@ -236,7 +236,7 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None):
         if os.path.isdir(path):
             file_path = os.path.join(path, _choose_file(path, key, net_kind, fixed_lambda))
         elif len(net_config) > 1:
-            raise util.FlagError(f"--path {path} is one file, but this problem has networks "
+            raise util.FlagError(f"{flag} {path} is one file, but this problem has networks "
                                  f"{sorted(net_config)}; pass the directory that holds them.")
         else:
             file_path = path

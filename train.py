@@ -55,6 +55,10 @@ flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer netwo
                      lower_bound=0)
 flags.DEFINE_string("net_options", None, "JSON options merged into every learned network's "
                     "config, e.g. '{\"scale\": 0.1, \"preprocess_options\": {\"k\": 10}}'.")
+flags.DEFINE_string("initial_path", None, "Start from a saved optimizer's weights (a directory "
+                    "of .l2l files or one file, as evaluate.py's --path) instead of random "
+                    "ones, with the options its file records: fine-tuning, e.g. on a longer "
+                    "horizon.")
 flags.DEFINE_integer("meta_batch_size", 1, "Problem instances unrolled per meta-update, each "
                      "from its own seed; the meta-loss is their mean.", lower_bound=1,
                      upper_bound=1024)
@@ -91,6 +95,11 @@ def _check_flags(argv):
                                  f"remove it (it is for "
                                  f"{' and '.join(k for k, v in lambda_flags.items() if name in v)}"
                                  f").")
+    if FLAGS.initial_path:
+        for name in ("net_options", "lambda_mode", "lambda_max"):
+            if given(name):
+                raise util.FlagError(f"--{name} does not apply with --initial_path: the "
+                                     f"network's options are those its file records.")
     if not FLAGS.save_path:
         for name in ("restart", "checkpoint_period"):
             if given(name):

@@ -28,7 +28,7 @@ OBJECTIVES = {"train": "the optimizee's losses on its training batches",
 # optimizer kind count only for that kind.
 RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
              "seed", "which_aml", "meta_objective", "state_reset_period", "net_options",
-             "meta_batch_size")
+             "meta_batch_size", "initial_path")
 KIND_FLAGS = {"L2L": (), "fixed": ("fixed_lambda",),
               "learned": ("fixed_lambda", "lambda_mode", "lambda_max")}
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
@@ -88,6 +88,10 @@ def _build(flags, config, objective, strategy):
                                              flags.lambda_max)
     if flags.net_options:
         net_config = configs.with_net_options(net_config, flags.net_options)
+    if flags.initial_path:
+        # Only a new run starts from the file: a resumed one restores its checkpoint over it.
+        net_config = configs.with_saved_paths(net_config, flags.initial_path, flags.which_aml,
+                                              flags.fixed_lambda, flag="--initial_path")
     replicas = strategy.num_replicas_in_sync if strategy else 1
     if flags.meta_batch_size % replicas:
         raise util.FlagError(f"--meta_batch_size={flags.meta_batch_size} must be a multiple of "

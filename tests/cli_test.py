@@ -1,15 +1,18 @@
 """End-to-end tests of train.py and evaluate.py, each run in a subprocess as a user would."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 
 from absl.testing import parameterized
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import cli
+import weights_file
 from conftest import REPO_ROOT
 
 # A few tiny epochs: enough to exercise every path of the loop.
@@ -54,6 +57,37 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLen(errors, 1)
         # The quadratic's loss starts near 30 (W, y uniform, x tiny): 10^1.5 bounds the mean.
         self.assertLess(errors[0], 1.5)
+
+    def test_initial_path_starts_from_the_saved_optimizer(self):
+        # A meta-learning rate too small to move a float32 weight: the kept optimizer is the
+        # initial file's, options and weights, to the bit.
+        shipped = REPO_ROOT / "saved_optimizers" / "quadratic"
+        save_path = os.path.join(self.get_temp_dir(), "fine_tuned")
+        train = run("train.py", "--problem=quadratic", "--num_epochs=1", "--evaluation_period=1",
+                    "--evaluation_epochs=1", "--learning_rate=1e-30", f"--save_path={save_path}",
+                    f"--initial_path={shipped}", "--which_aml=learned", *TINY)
+        self.assertEqual(train.returncode, 0, train.stderr)
+        initial = weights_file.load(str(shipped / "cwlearned.l2l"))
+        kept = weights_file.load(os.path.join(save_path, "cwlearned.l2l"))
+        self.assertEqual(kept.net, initial.net)
+        self.assertEqual(kept.net_options, initial.net_options)
+        self.assertEqual(sorted(kept.weights), sorted(initial.weights))
+        for layer, variables in initial.weights.items():
+            for name, value in variables.items():
+                np.testing.assert_array_equal(kept.weights[layer][name], value)
+        with open(os.path.join(save_path, "run.json")) as f:
+            self.assertEqual(json.load(f)["flags"]["initial_path"], str(shipped))
+
+        refused = run("train.py", "--problem=quadratic", f"--initial_path={shipped}",
+                      '--net_options={"scale": 0.1}', *TINY)
+        self.assertEqual(refused.returncode, 1)
+        self.assertEqual(refused.stderr.strip().splitlines(), [
+            "train.py: error: --net_options does not apply with --initial_path: the network's "
+            "options are those its file records."])
+        missing = run("train.py", "--problem=quadratic", "--initial_path=/nonexistent/dir",
+                      *TINY)
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn("--initial_path /nonexistent/dir does not exist", missing.stderr)
 
     def test_evaluate_runs_tensorflow_adam(self):
         result = run("evaluate.py", "--problem=quadratic", "--optimizer=Adam",
