@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 import meta
+import networks
 import problems
 
 
@@ -303,6 +304,29 @@ class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("XLA cannot compile", "".join(logs.output))
         self.assertEqual(unroll.mode, "graph")
         self.assertAllClose(result.losses[0], 1.0)
+
+
+class StandardDeepLSTMTest(tf.test.TestCase):
+
+    def test_meta_trains_saves_and_reloads_with_its_defaults(self):
+        # Its input size is known only from the problem: the unroll builds it, the file
+        # records it, and a reload needs nothing but the file.
+        optimizer = meta.MetaOptimizer(std={"net": "StandardDeepLSTM",
+                                            "net_options": {"output_size": 4, "layers": (3,)}})
+        unroll = optimizer.meta_minimize(problems.quadratic(batch_size=3, num_dims=4), 2,
+                                         learning_rate=0.01, mode="graph")
+        self.assertLen(unroll.variables, 4)
+        unroll.reset([0, 0])
+        before = _weights(unroll)
+        unroll()
+        self.assertTrue(any(np.any(a != b) for a, b in zip(before, _weights(unroll))))
+        path = optimizer.save(self.get_temp_dir())[0]
+        loaded = networks.factory("StandardDeepLSTM", net_path=path)
+        self.assertEqual(loaded.options["input_size"], 4)
+        grad = tf.random.stateless_normal([3, 4], seed=[1, 2])
+        net = optimizer.nets["std"]
+        self.assertAllEqual(loaded(grad, loaded.initial_state_for_inputs(grad))[0],
+                            net(grad, net.initial_state_for_inputs(grad))[0])
 
 
 class MetaBatchTest(tf.test.TestCase):
