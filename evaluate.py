@@ -38,6 +38,9 @@ flags.DEFINE_enum("lambda_mode", "per_coordinate", configs.LAMBDA_MODES,
 flags.DEFINE_float("lambda_max", 0.1, "Untrained learned-lambda optimizer only.")
 flags.DEFINE_integer("num_epochs", 100, "Number of evaluation epochs.", lower_bound=1,
                      upper_bound=10**6)
+flags.DEFINE_enum("split", "test", ["test", "validation"], "Data split of the evaluation epochs: "
+                  "test (the paper's comparison), or validation (held out from meta-training: "
+                  "to choose between optimizers without looking at the test split).")
 flags.DEFINE_integer("seed", 0, "Seed of the problems' initial parameters and data.",
                      lower_bound=0)
 flags.DEFINE_enum("problem", "simple", sorted(configs.CONFIGS), "Type of problem.")
@@ -142,6 +145,8 @@ def _history_path(settings):
         parts.append(f"{os.path.basename(real.rstrip(os.sep))}-{digest}")
     if settings.get("fixed_lambda") is not None:
         parts.append(f"lambda{settings['fixed_lambda']:g}")
+    if FLAGS.split != "test":
+        parts.append(FLAGS.split)
     for name, default in (("num_steps", 100), ("num_epochs", 100), ("seed", 0),
                           ("state_reset_period", 0)):
         if FLAGS[name].value != default:
@@ -152,7 +157,7 @@ def _history_path(settings):
 def main(argv):
     _check_flags(argv)
     import meta  # pylint: disable=import-outside-toplevel  # After the flags: --help at once.
-    config = configs.get_config(FLAGS.problem, "test", FLAGS.data_dir)
+    config = configs.get_config(FLAGS.problem, FLAGS.split, FLAGS.data_dir)
     unroll_length = meta.eval_unroll_length(FLAGS.num_steps)
     fixed_lambda = None
     if FLAGS.optimizer in configs.BASELINES:
@@ -167,8 +172,11 @@ def main(argv):
         settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
                     + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}"))
 
+    # Validation epochs come from the stream of the learning-rate grid's and of train.py's
+    # evaluations: every optimizer evaluated with one --seed sees the same epochs.
+    stream = meta.TEST if FLAGS.split == "test" else meta.VALIDATION
     epochs = [meta.run_epoch(unroll, FLAGS.num_steps // unroll_length,
-                             meta.epoch_seed(FLAGS.seed, meta.TEST, e))
+                             meta.epoch_seed(FLAGS.seed, stream, e))
               for e in range(FLAGS.num_epochs)]
     cli.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
                      sum(e.time for e in epochs), FLAGS.num_epochs)
@@ -179,7 +187,9 @@ def main(argv):
     path = FLAGS.history_path or _history_path({"fixed_lambda": fixed_lambda})
     cli.write_history(path, f"optimizer={FLAGS.optimizer} problem={FLAGS.problem} "
                              f"num_steps={FLAGS.num_steps} num_epochs={FLAGS.num_epochs} "
-                             f"seed={FLAGS.seed} {settings}", histories)
+                             f"seed={FLAGS.seed} {settings}"
+                             + ("" if FLAGS.split == "test" else f" split={FLAGS.split}"),
+                   histories)
     print(f"History of every step written to {path}")
 
 

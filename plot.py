@@ -63,11 +63,17 @@ def title(headers):
     common = [fields_of(h) for h in headers]
     parts = []
     for key, text in (("problem", "{}"), ("num_steps", "{} steps"), ("num_epochs", "{} epochs"),
-                      ("seed", "seed {}")):
+                      ("seed", "seed {}"), ("split", "{} split")):
         values = {c.get(key) for c in common}
         if len(values) == 1 and None not in values:
             parts.append(text.format(values.pop()))
     return ", ".join(parts)
+
+
+def same_epochs(fields, other):
+    """Whether two histories' epochs are the same problems and batches (pairable)."""
+    return all(fields.get(key, default) == other.get(key, default)
+               for key, default in (("problem", None), ("seed", None), ("split", "test")))
 
 
 def summary(losses, step):
@@ -126,7 +132,7 @@ def table(histories, labels):
     reference_header, reference = histories[best]
     pairable = [i for i, (header, losses) in enumerate(histories)
                 if i != best and losses.shape == reference.shape
-                and fields_of(header).get("seed") == fields_of(reference_header).get("seed")]
+                and same_epochs(fields_of(header), fields_of(reference_header))]
     if not pairable:
         return lines
     lines += ["", f"Against {labels[best]}, the best hand-designed optimizer, on the same "

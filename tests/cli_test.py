@@ -89,6 +89,26 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(missing.returncode, 1)
         self.assertIn("--initial_path /nonexistent/dir does not exist", missing.stderr)
 
+    def test_validation_split_evaluates_the_epochs_the_grid_tuned_on(self):
+        # The grid's validation epochs 0 and 1 are the evaluation's with --split=validation: the
+        # same mean final loss; the test split's epochs are other problems.
+        losses = {}
+        for split in ("validation", "test"):
+            history = os.path.join(self.get_temp_dir(), f"{split}.csv")
+            result = run("evaluate.py", "--problem=quadratic", "--optimizer=SGD",
+                         "--learning_rates=0.01", "--tune_epochs=2", "--num_epochs=2",
+                         "--num_steps=20", f"--split={split}", f"--history_path={history}")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            tuned = float(re.search(r"^learning_rate 0.01: mean final loss ([\d.e+-]+)",
+                                    result.stdout, re.M).group(1))
+            header, history_losses = cli.read_history(history)
+            losses[split] = history_losses
+            self.assertEqual(split == "validation", "split=validation" in header)
+        self.assertAlmostEqual(np.mean(losses["validation"][:, -1]), tuned, delta=1e-3 * tuned)
+        # Other problems from the first step on (the quadratic's W and y).
+        self.assertGreater(np.min(np.abs(losses["test"][:, 0] - losses["validation"][:, 0])),
+                           1e-3 * np.mean(losses["validation"][:, 0]))
+
     def test_evaluate_runs_tensorflow_adam(self):
         result = run("evaluate.py", "--problem=quadratic", "--optimizer=Adam",
                      "--learning_rate=0.1", "--num_epochs=2", "--num_steps=20")

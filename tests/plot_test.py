@@ -61,7 +61,10 @@ def test_table_pairs_every_optimizer_with_the_best_baseline(tmp_path):
     histories = {"adam.csv": ("optimizer=Adam learning_rate=0.03 seed=0", luck + 0.30),
                  "nag.csv": ("optimizer=NAG learning_rate=1 seed=0", luck + 0.20),
                  "l2l.csv": ("optimizer=L2L path=x seed=0",
-                             luck + 0.15 + rng.normal(0, 0.01, [40, 100]))}
+                             luck + 0.15 + rng.normal(0, 0.01, [40, 100])),
+                 # Other epochs (the validation split): in the table, never paired.
+                 "learned.csv": ("optimizer=learned path=y seed=0 split=validation",
+                                 luck + 0.1)}
     paths = [_history(tmp_path / name, header, losses)
              for name, (header, losses) in histories.items()]
     result = _run(f"--histories={','.join(paths)}", "--table")
@@ -78,6 +81,7 @@ def test_table_pairs_every_optimizer_with_the_best_baseline(tmp_path):
     # Paired, the 0.05 lead is many standard errors; unpaired, the shared luck would hide it.
     assert float(rows["L2L (LSTM)"][2]) < -10
     assert float(rows["Adam lr 0.03"][1].split(" ± ")[0]) == pytest.approx(0.1, abs=1e-4)
+    assert "learned lambda" not in rows and "| learned lambda | 40 |" in result.stdout
 
 
 def test_vector_output_and_title(tmp_path):
