@@ -50,7 +50,8 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual([f for f in os.listdir(save_path) if f.endswith(".l2l")], ["cw.l2l"])
 
         evaluate = run("evaluate.py", "--problem=quadratic", f"--path={save_path}",
-                       "--num_epochs=3", "--num_steps=4")
+                       "--num_epochs=3", "--num_steps=4",
+                       f"--history_path={os.path.join(self.get_temp_dir(), 'l2l.csv')}")
         self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
         self.assertIn("Epoch 3", evaluate.stdout)
         errors, times = stats(evaluate.stdout)
@@ -111,7 +112,8 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_evaluate_runs_tensorflow_adam(self):
         result = run("evaluate.py", "--problem=quadratic", "--optimizer=Adam",
-                     "--learning_rate=0.1", "--num_epochs=2", "--num_steps=20")
+                     "--learning_rate=0.1", "--num_epochs=2", "--num_steps=20",
+                     f"--history_path={os.path.join(self.get_temp_dir(), 'adam.csv')}")
         self.assertEqual(result.returncode, 0, result.stderr)
         errors, _ = stats(result.stdout)
         self.assertLess(errors[0], 1.0)  # Adam lowers the quadratic from ~30 within 20 steps.

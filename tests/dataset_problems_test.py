@@ -196,17 +196,19 @@ def test_mnist_end_to_end_on_real_data(tmp_path):
     assert train.returncode == 0, train.stderr
     assert [f for f in os.listdir(save_path) if f.endswith(".l2l")] == ["cw.l2l"]
     evaluate = _cli("evaluate.py", "--problem=mnist", f"--data_dir={mnist_dir}",
-                    f"--path={save_path}", "--num_epochs=2", "--num_steps=20")
+                    f"--path={save_path}", "--num_epochs=2", "--num_steps=20",
+                    f"--history_path={tmp_path / 'l2l.csv'}")
     assert evaluate.returncode == 0, evaluate.stderr
     assert "Log Mean Final Error" in evaluate.stdout
 
 
 @pytest.mark.slow
-def test_fashion_mnist_from_the_debian_package():
+def test_fashion_mnist_from_the_debian_package(tmp_path):
     if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
         pytest.skip("Debian package dataset-fashion-mnist is not installed")
     result = _cli("evaluate.py", "--problem=fashion_mnist", "--optimizer=Adam",
-                  "--learning_rate=0.01", "--num_epochs=1", "--num_steps=50")
+                  "--learning_rate=0.01", "--num_epochs=1", "--num_steps=50",
+                  f"--history_path={tmp_path / 'adam.csv'}")
     assert result.returncode == 0, result.stderr
     # Adam takes the loss well below ln(10) = 2.30 (10^0.36) within 50 steps.
     error = float(result.stdout.split("Log Mean Final Error: ")[1].split()[0])
