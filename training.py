@@ -313,11 +313,15 @@ def _log(epoch, period_epochs, writer):
 
 
 def _evaluate(flags, evaluation, batch, optimizer, state, epoch, folder, checkpoints, writer):
-    """Held-out epochs; saves the optimizer (then a checkpoint) when it beats the best so far."""
+    """Held-out epochs; saves the optimizer (then a checkpoint) when it beats the best so far.
+
+    Every evaluation runs the same held-out epochs (problems and batches), so that evaluations
+    compare the optimizer's states on equal terms: with fresh epochs each time, the best of
+    many evaluations would be mostly the luckiest set of epochs.
+    """
     results = []
     while len(results) < flags.evaluation_epochs:
-        first = int(state["evaluations"])
-        seeds = np.stack([meta.epoch_seed(flags.seed, meta.VALIDATION, first + i)
+        seeds = np.stack([meta.epoch_seed(flags.seed, meta.VALIDATION, len(results) + i)
                           for i in range(batch)])
         state["evaluations"].assign_add(batch)
         results += meta.run_epochs(evaluation, flags.num_steps // evaluation.unroll_length,
