@@ -14,7 +14,6 @@ import sys
 from absl import flags
 
 import cli
-import networks
 import util
 import weights_file
 
@@ -57,6 +56,8 @@ def convert(path, output_dir):
       util.UserError: no input, `output_dir` is the input directory, a destination exists, or an
         input cannot be read or converted (`networks.WeightsFileError`); nothing is written then.
     """
+    # Imported here (it imports TensorFlow), after the flags: `--help` answers at once.
+    import networks  # pylint: disable=import-outside-toplevel
     files, input_dir = _inputs(path)
     if os.path.realpath(output_dir) == os.path.realpath(input_dir):
         raise util.FlagError(f"--output_dir {output_dir} is the input directory; choose another, "

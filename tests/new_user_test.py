@@ -111,7 +111,9 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("--", result.stdout)
         if script != "convert.py":  # convert.py's flags are its own module's: check one.
             self.assertIn("--problem" if script != "plot.py" else "--histories", result.stdout)
-        self.assertLess(time.monotonic() - start, 10)
+        # Before TensorFlow is imported (which alone takes 4 s or more here): under a second
+        # on an idle machine, so 4 s leaves room for a loaded one.
+        self.assertLess(time.monotonic() - start, 4)
 
 
 if __name__ == "__main__":
