@@ -166,6 +166,9 @@ def _check_assignments(problem_name, config):
 # -- Kinds of optimizer -------------------------------------------------------------------------
 
 OPTIMIZER_KINDS = weights_file.KINDS
+# The command-line flags that define each kind of optimizer (and apply to it only).
+KIND_FLAGS = {"L2L": (), "fixed": ("fixed_lambda",),
+              "learned": ("fixed_lambda", "lambda_mode", "lambda_max")}
 _LSTM_NETS = tuple(weights_file.KIND_NETS.values())
 _LAMBDA_OPTIONS = ("fixed_lambda", "lambda_mode", "init_lambda", "lambda_max")
 

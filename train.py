@@ -77,9 +77,6 @@ flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<da
 flags.DEFINE_enum("mode", None, configs.MODES, "Compilation: eager, graph (tf.function) or xla; "
                   "default: xla (the fastest measured, CPU and GPU).")
 
-EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
-
-
 def _check_flags(argv):
     """Flag values and combinations that cannot work, each a one-line error naming the flag."""
     import util  # pylint: disable=import-outside-toplevel
@@ -87,14 +84,11 @@ def _check_flags(argv):
     cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
     cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
     given = lambda name: FLAGS[name].present
-    lambda_flags = {"fixed": ("fixed_lambda",),
-                    "learned": ("fixed_lambda", "lambda_mode", "lambda_max")}
-    for name in ("fixed_lambda", "lambda_mode", "lambda_max"):
-        if given(name) and name not in lambda_flags.get(FLAGS.which_aml, ()):
+    for name in configs.KIND_FLAGS["learned"]:  # Every kind's flags are among learned's.
+        if given(name) and name not in configs.KIND_FLAGS[FLAGS.which_aml]:
+            kinds = " and ".join(k for k, v in configs.KIND_FLAGS.items() if name in v)
             raise util.FlagError(f"--{name} does not apply to --which_aml={FLAGS.which_aml}; "
-                                 f"remove it (it is for "
-                                 f"{' and '.join(k for k, v in lambda_flags.items() if name in v)}"
-                                 f").")
+                                 f"remove it (it is for {kinds}).")
     if FLAGS.initial_path:
         for name in ("net_options", "lambda_mode", "lambda_max"):
             if given(name):

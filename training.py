@@ -29,14 +29,12 @@ OBJECTIVES = {"train": "the optimizee's losses on its training batches",
 RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_derivatives",
              "seed", "which_aml", "meta_objective", "state_reset_period", "net_options",
              "meta_batch_size", "initial_path")
-KIND_FLAGS = {"L2L": (), "fixed": ("fixed_lambda",),
-              "learned": ("fixed_lambda", "lambda_mode", "lambda_max")}
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def run_flags(flags, objective):
     """The values that define the run, as `run.json` records them."""
-    values = {name: flags[name].value for name in RUN_FLAGS + KIND_FLAGS[flags.which_aml]}
+    values = {name: flags[name].value for name in RUN_FLAGS + configs.KIND_FLAGS[flags.which_aml]}
     values["meta_objective"] = objective
     return values
 

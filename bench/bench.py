@@ -396,10 +396,9 @@ def _keras_benchmark():
             call()
             start = time.perf_counter()
             for _ in range(steps):
-                result = call()
+                call()
             if label == "optimizer":
-                variables[0].numpy()
-            del result
+                variables[0].numpy()  # Wait for the last update.
             row[f"ns_per_parameter_{label}"] = (time.perf_counter() - start) / steps / n * 1e9
         row["optimizer_over_network_step"] = (row["ns_per_parameter_optimizer"]
                                               / row["ns_per_parameter_network_step"])
