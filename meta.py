@@ -651,8 +651,10 @@ class Unroll:
                      initial_states(self._groups, params), tf.constant(0, tf.int32), seeds)
 
     def _unroll(self, carry):
-        # The weights are read once: every step of the unroll uses these tensors.
-        weights = {g.key: g.net.step_weights() for g in self._groups}
+        # The weights are read once: every step of the unroll uses these tensors (a variable
+        # passed into the loop would be read again at every step).
+        weights = tf.nest.map_structure(tf.convert_to_tensor,
+                                        {g.key: g.net.step_weights() for g in self._groups})
         return unroll(self.problem, self._groups, weights, carry, self.unroll_length,
                       **self._options)
 
