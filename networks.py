@@ -179,33 +179,44 @@ class _ArrayInitializer(snt.initializers.Initializer):
 class _CallableInitializer(snt.initializers.Initializer):
     """Any `(shape, dtype) -> values` callable: a TensorFlow, Keras or Sonnet initializer."""
 
-    def __init__(self, fn):
-        self._fn = fn
+    def __init__(self, fn, where):
+        self._fn, self._where = fn, where
 
     def __call__(self, shape, dtype):
-        return tf.cast(tf.convert_to_tensor(self._fn(list(shape), dtype=dtype)), dtype)
+        try:
+            values = self._fn(list(shape), dtype=dtype)
+        except ValueError as e:  # E.g. "orthogonal" for a bias: TF1's error, with its variable.
+            raise ValueError(f"The initializer of {self._where} cannot make shape "
+                             f"{tuple(shape)}: {str(e).splitlines()[0]}") from None
+        return tf.cast(tf.convert_to_tensor(values), dtype)
 
 
-_NAMED_INITIALIZERS = {"zeros": snt.initializers.Zeros, "ones": snt.initializers.Ones}
+# The original resolved an initializer name `n` as `tf.<n>_initializer(dtype=tf.float32)`: TF1's
+# initializers with TF1's defaults (random_normal and truncated_normal N(0, 1), random_uniform
+# [0, 1), constant 0). Keras has initializers of the same names with other defaults (a stddev of
+# 0.05, a range of [-0.05, 0.05]), so a name means TF1's, as it did in the original, or nothing.
+_NAMED_INITIALIZERS = {
+    name: getattr(tf.compat.v1, f"{name}_initializer")
+    for name in ("constant", "glorot_normal", "glorot_uniform", "ones", "orthogonal",
+                 "random_normal", "random_uniform", "truncated_normal", "uniform_unit_scaling",
+                 "variance_scaling", "zeros")}
 
 
 def _convert_initializer(spec, where):
-    """A Sonnet initializer from a name, an array or any initializer callable."""
+    """A Sonnet initializer from a TF1 initializer name, an array or any initializer callable."""
     if isinstance(spec, str):
-        if spec in _NAMED_INITIALIZERS:
-            return _NAMED_INITIALIZERS[spec]()
-        try:
-            return _CallableInitializer(tf.keras.initializers.get(spec))
-        except ValueError:
-            raise ValueError(f"Unknown initializer {spec!r} for {where}; expected 'zeros', "
-                             f"'ones', a Keras initializer name, an initializer, arrays or a "
-                             f"dict.") from None
+        if spec not in _NAMED_INITIALIZERS:
+            raise ValueError(f"Unknown initializer {spec!r} for {where}; a name is one of TF1's "
+                             f"tf.<name>_initializer, as in the original: "
+                             f"{', '.join(_NAMED_INITIALIZERS)} (or pass an initializer, a "
+                             f"callable, an array or a dict).")
+        return _CallableInitializer(_NAMED_INITIALIZERS[spec](dtype=tf.float32), where)
     if isinstance(spec, snt.initializers.Initializer):
         return spec
     if isinstance(spec, (np.ndarray, list, tuple, float, int, np.number)):
         return _ArrayInitializer(spec, where)
     if callable(spec):
-        return _CallableInitializer(spec)
+        return _CallableInitializer(spec, where)
     raise TypeError(f"Cannot use {type(spec).__name__} as the initializer of {where}.")
 
 

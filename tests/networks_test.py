@@ -214,6 +214,39 @@ class InitializerTest(tf.test.TestCase):
                                                 r"and 5 values cannot fill 4"):
             _lstm(initializer={"linear": {"w": np.zeros([5, 1], np.float32)}})
 
+    def test_names_are_tf1_initializers_with_tf1_defaults(self):
+        # The original resolved "n" as tf.n_initializer(): N(0, 1), not Keras's N(0, 0.05).
+        tf.random.set_seed(0)
+
+        def gates(name):  # 40,400 values.
+            net = _lstm(layers=(100,), initializer={"w_gates": name})
+            return net.weights()["lstm_1"]["w_gates"].numpy()
+
+        normal = gates("random_normal")
+        self.assertAllClose([normal.mean(), normal.std()], [0.0, 1.0], atol=0.02)
+        truncated = gates("truncated_normal")  # N(0, 1) cut at 2: stddev 0.8796.
+        self.assertAllClose([truncated.mean(), truncated.std()], [0.0, 0.8796], atol=0.02)
+        self.assertLessEqual(np.abs(truncated).max(), 2.0)
+        uniform = gates("random_uniform")  # [0, 1), not [-0.05, 0.05].
+        self.assertGreaterEqual(uniform.min(), 0.0)
+        self.assertLess(uniform.max(), 1.0)
+        self.assertAllClose([uniform.mean(), uniform.min(), uniform.max()], [0.5, 0.0, 1.0],
+                            atol=0.01)
+        self.assertAllEqual(gates("constant"), np.zeros([101, 400]))  # TF1's value=0.
+        self.assertAllEqual(gates("ones"), np.ones([101, 400]))
+        glorot = gates("glorot_uniform")
+        self.assertAllClose(np.abs(glorot).max(), np.sqrt(6 / (101 + 400)), rtol=0.01)
+
+    def test_unknown_or_unfit_initializer_name_is_a_clear_error(self):
+        # Keras-only names (or Keras's meanings) are not the original's.
+        with self.assertRaisesRegex(ValueError, r"Unknown initializer 'he_normal' for "
+                                                r"lstm_1/w_gates; .*tf.<name>_initializer.*: "
+                                                r"constant, .*random_normal, .*zeros"):
+            _lstm(initializer="he_normal")
+        with self.assertRaisesRegex(ValueError, r"initializer of lstm_1/b_gates cannot make "
+                                                r"shape \(20,\): .*two-dimensional"):
+            _lstm(initializer="orthogonal")  # As TF1: orthogonal needs a matrix.
+
     def test_default_gate_initializer_is_sonnet_1s(self):
         tf.random.set_seed(0)
         net = _lstm(layers=(200,))
