@@ -172,6 +172,9 @@ def ensemble(problems: Sequence, weights: Optional[Sequence[float]] = None):
 
 _ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu}
 _INIT_STDDEV = 0.01  # The original's N(0, 0.01) for every weight and bias.
+# How an MLP's weights start: "original", the original code's N(0, 0.01) for weights and biases;
+# "fan_in", weights from N(0, 1/fan_in) and zero biases (see docs/results.md, mnist-2layer).
+INITIALIZATIONS = ("original", "fan_in")
 _BATCH_NORM_EPSILON = 1e-3  # Sonnet 1's BatchNorm default.
 # Salts of the seed streams within an epoch.
 _INIT, _TRAIN_BATCH, _VALIDATION_BATCH = 0, 1, 2
@@ -181,6 +184,18 @@ def _activation(name):
     if name not in _ACTIVATIONS:
         raise ValueError(f"Unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}.")
     return _ACTIVATIONS[name]
+
+
+def _original_name(ours, ours_value, theirs, theirs_value, default):
+    """The value of an argument that also has the original's name (`mode` for `split`, `path`
+    for `data_dir`): either name, not two values."""
+    if ours_value is not None and theirs_value is not None and ours_value != theirs_value:
+        raise ValueError(f"{ours}={ours_value!r} and {theirs}={theirs_value!r} disagree: "
+                         f"{theirs} is the original's name for {ours}; give one of them.")
+    for value in (ours_value, theirs_value):
+        if value is not None:
+            return value
+    return default
 
 
 def _loader(dataset, data_dir, loader):
@@ -203,7 +218,8 @@ def _dataset_problem(load, split, batch_size, params, forward, flatten):
       load: `split -> (x, y)` numpy arrays, e.g. `datasets.load` of one dataset.
       split: "train" (with "validation" as held-out data), "validation" or "test".
       batch_size: examples per optimizee step.
-      params: `[(name, shape, initial value)]`: "normal" (N(0, 0.01)) or "zeros".
+      params: `[(name, shape, initial value)]`: "normal" (N(0, 0.01)), "fan_in"
+        (N(0, 1/shape[0])) or "zeros".
       forward: `(params, inputs) -> logits`.
       flatten: feed `[batch, features]` instead of images.
     """
@@ -219,8 +235,11 @@ def _dataset_problem(load, split, batch_size, params, forward, flatten):
     def init(seed):
         values = []
         for i, (_, shape, how) in enumerate(params):
-            values.append(tf.zeros(shape) if how == "zeros"
-                          else random_normal(shape, derive_seed(seed, _INIT, i), _INIT_STDDEV))
+            if how == "zeros":
+                values.append(tf.zeros(shape))
+                continue
+            stddev = _INIT_STDDEV if how == "normal" else 1.0 / math.sqrt(shape[0])
+            values.append(random_normal(shape, derive_seed(seed, _INIT, i), stddev))
         return values
 
     def batch(data, seed, salt, step):
@@ -241,18 +260,23 @@ def _dataset_problem(load, split, batch_size, params, forward, flatten):
                            lambda seed, step: batch(held_out, seed, _VALIDATION_BATCH, step)))
 
 
-def _mlp_params(sizes, batch_norm=False):
+def _mlp_params(sizes, batch_norm=False, initialization="original"):
     """The parameters of an MLP over `sizes`, named as Sonnet 1 did (`mlp/linear_0/w`, ...).
 
-    With `batch_norm`, each hidden layer has a batch-norm offset after it (`mlp/batch_norm/beta`
-    for a lone one, as Sonnet 1 named it, else `mlp/batch_norm_<i>/beta`).
+    With `batch_norm`, each hidden layer has a batch-norm offset after it, named as Sonnet 1
+    named the modules the original created one per layer: `mlp/batch_norm/beta`, then
+    `mlp/batch_norm_1/beta`, ... `initialization` is one of `INITIALIZATIONS`.
     """
+    if initialization not in INITIALIZATIONS:
+        raise ValueError(f"Unknown initialization {initialization!r}; expected one of "
+                         f"{INITIALIZATIONS}.")
+    w_init, b_init = ("normal", "normal") if initialization == "original" else ("fan_in", "zeros")
     params = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params += [(f"mlp/linear_{i}/w", [fan_in, fan_out], "normal"),
-                   (f"mlp/linear_{i}/b", [fan_out], "normal")]
+        params += [(f"mlp/linear_{i}/w", [fan_in, fan_out], w_init),
+                   (f"mlp/linear_{i}/b", [fan_out], b_init)]
         if batch_norm and i < len(sizes) - 2:
-            suffix = "" if len(sizes) == 3 else f"_{i}"
+            suffix = f"_{i}" if i else ""
             params.append((f"mlp/batch_norm{suffix}/beta", [fan_out], "zeros"))
     return params
 
@@ -270,11 +294,12 @@ def _mlp_forward(activation, num_layers):
 
 
 def mlp(dataset, layers=(20,), activation="sigmoid", batch_size=128, split="train",
-        data_dir=None, loader=None):
+        data_dir=None, loader=None, initialization="original"):
     """Classification of a dataset's flattened examples by an MLP (the original's `mnist`).
 
     Hidden layers `layers` with `activation`, a linear output per class, softmax cross-entropy;
-    weights and biases start from N(0, 0.01). Parameter names follow Sonnet 1's
+    weights and biases start from N(0, 0.01) (`initialization="original"`), or weights from
+    N(0, 1/fan_in) and biases from zero (`"fan_in"`). Parameter names follow Sonnet 1's
     (`mlp/linear_0/w`, ...). The data comes from `datasets.load(dataset, split, data_dir)`, or
     from `loader(split) -> (x, y)` when given (e.g. synthetic data of the same shapes).
     """
@@ -284,13 +309,19 @@ def mlp(dataset, layers=(20,), activation="sigmoid", batch_size=128, split="trai
                          f"{sorted(datasets.NUM_CLASSES)}.")
     sizes = [math.prod(datasets.EXAMPLE_SHAPES[dataset]), *layers, datasets.NUM_CLASSES[dataset]]
     return _dataset_problem(_loader(dataset, data_dir, loader), split, batch_size,
-                            _mlp_params(sizes), _mlp_forward(act, len(sizes) - 1), flatten=True)
+                            _mlp_params(sizes, initialization=initialization),
+                            _mlp_forward(act, len(sizes) - 1), flatten=True)
 
 
-def mnist(layers=(20,), activation="sigmoid", batch_size=128, split="train", data_dir=None,
-          loader=None):
-    """MNIST digits by an MLP, 784 -> `layers` -> 10 (the paper's problem: one layer of 20)."""
-    return mlp("mnist", layers, activation, batch_size, split, data_dir, loader)
+def mnist(layers=(20,), activation="sigmoid", batch_size=128, split=None, data_dir=None,
+          loader=None, mode=None, initialization="original"):
+    """MNIST digits by an MLP, 784 -> `layers` -> 10 (the paper's problem: one layer of 20).
+
+    `mode` is the original's name for `split` ("train", "validation" or "test"; default train).
+    """
+    return mlp("mnist", layers, activation, batch_size,
+               _original_name("split", split, "mode", mode, "train"), data_dir, loader,
+               initialization)
 
 
 def _batch_norm(x, beta, axes):
@@ -299,39 +330,61 @@ def _batch_norm(x, beta, axes):
     return (x - mean) * tf.math.rsqrt(variance + _BATCH_NORM_EPSILON) + beta
 
 
-def cifar10(conv_channels=(16, 16, 16), linear_layers=(32,), batch_size=128, split="train",
-            data_dir=None, dataset="cifar10", loader=None):
-    """The original's CIFAR convolutional network.
+def _whole_number(name, value, lowest):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+        raise ValueError(f"{name} must be a whole number >= {lowest}, got {value!r}.")
 
-    Each conv layer: 5x5, stride 1, SAME, bias, batch norm (offset only), ReLU, 2x2 max-pool
-    (stride 2, SAME); then an MLP whose hidden layers apply batch norm and ReLU.
+
+def cifar10(path=None, conv_channels=(16, 16, 16), linear_layers=(32,), batch_norm=True,
+            batch_size=128, num_threads=4, min_queue_examples=1000, mode=None, *, split=None,
+            data_dir=None, dataset="cifar10", loader=None):
+    """The original's CIFAR convolutional network, with the original's arguments in its order.
+
+    Each conv layer: 5x5, stride 1, SAME, bias, batch norm (offset only; with `batch_norm`),
+    ReLU, 2x2 max-pool (stride 2, SAME); then an MLP whose hidden layers apply batch norm (with
+    `batch_norm`) and ReLU.
+
+    `path` and `mode` are the original's names for `data_dir` (where the files are; the folder
+    the original's download unpacked into serves as it is) and `split` ("train", "validation" or
+    "test"; default train). `num_threads` and `min_queue_examples` sized the original's input
+    queue; here there is no queue (every batch is drawn uniformly from the whole split), so they
+    are checked and have no effect.
     """
+    split = _original_name("split", split, "mode", mode, "train")
+    data_dir = _original_name("data_dir", data_dir, "path", path, None)
+    _whole_number("num_threads", num_threads, 1)
+    _whole_number("min_queue_examples", min_queue_examples, 0)
     params, channels, side = [], 3, 32
     for i, out in enumerate(conv_channels):
         params += [(f"conv_net_2d/conv_2d_{i}/w", [5, 5, channels, out], "normal"),
-                   (f"conv_net_2d/conv_2d_{i}/b", [out], "normal"),
-                   (f"conv_net_2d/batch_norm_{i}/beta", [out], "zeros")]
+                   (f"conv_net_2d/conv_2d_{i}/b", [out], "normal")]
+        if batch_norm:
+            params.append((f"conv_net_2d/batch_norm_{i}/beta", [out], "zeros"))
         channels, side = out, (side + 1) // 2
     sizes = [side * side * channels, *linear_layers, datasets.NUM_CLASSES[dataset]]
-    params += _mlp_params(sizes, batch_norm=True)
+    params += _mlp_params(sizes, batch_norm=batch_norm)
     num_conv = len(conv_channels)
+
+    def normalized(hidden, values, k, axes):
+        """`(ReLU of hidden, after batch norm when asked, index of the next parameter)`."""
+        if not batch_norm:
+            return tf.nn.relu(hidden), k
+        return tf.nn.relu(_batch_norm(hidden, values[k], axes)), k + 1
 
     def forward(values, images):
         hidden, k = images, 0
         for _ in range(num_conv):
-            w, b, beta = values[k:k + 3]
-            k += 3
+            w, b = values[k:k + 2]
             hidden = tf.nn.conv2d(hidden, w, strides=1, padding="SAME") + b
-            hidden = tf.nn.relu(_batch_norm(hidden, beta, axes=[0, 1, 2]))
+            hidden, k = normalized(hidden, values, k + 2, axes=[0, 1, 2])
             hidden = tf.nn.max_pool2d(hidden, ksize=2, strides=2, padding="SAME")
         hidden = tf.reshape(hidden, [tf.shape(hidden)[0], -1])
         for i in range(len(sizes) - 1):
             w, b = values[k:k + 2]
-            k += 2
             hidden = tf.matmul(hidden, w) + b
+            k += 2
             if i < len(sizes) - 2:
-                hidden = tf.nn.relu(_batch_norm(hidden, values[k], axes=[0]))
-                k += 1
+                hidden, k = normalized(hidden, values, k, axes=[0])
         return hidden
 
     return _dataset_problem(_loader(dataset, data_dir, loader), split, batch_size, params,

@@ -15,6 +15,7 @@ import tensorflow as tf
 import configs
 import datasets
 import meta
+import problems
 from conftest import REPO_ROOT, shared_path
 from fake_data import cifar_bytes, make_mnist, random_images
 
@@ -162,6 +163,101 @@ def test_cifar_network_shapes(data_dir):
     assert shapes["conv_net_2d/conv_2d_2/w"] == [5, 5, 16, 16]
     assert shapes["mlp/linear_0/w"] == [4 * 4 * 16, 32]  # Three 2x2 pools: 32 -> 4.
     assert shapes["mlp/linear_1/w"] == [32, 10]
+
+
+def _same_problem(a, b):
+    """Same names, parameters, batches and loss at one seed."""
+    assert a.names == b.names
+    params_a, params_b = a.init(SEED), b.init(SEED)
+    for x, y in zip(params_a, params_b):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(tf.nest.flatten(a.sample(SEED, 3)), tf.nest.flatten(b.sample(SEED, 3))):
+        np.testing.assert_array_equal(x, y)
+    assert float(a.loss(params_a, a.sample(SEED, 3))) == float(b.loss(params_b, b.sample(SEED, 3)))
+
+
+def test_the_originals_argument_names(data_dir):
+    # mnist(layers, activation, batch_size, mode) and cifar10(path, conv_channels,
+    # linear_layers, batch_norm, batch_size, num_threads, min_queue_examples, mode).
+    _same_problem(problems.mnist((6,), "sigmoid", 16, mode="test", data_dir=data_dir),
+                  problems.mnist((6,), split="test", batch_size=16, data_dir=data_dir))
+    assert problems.mnist((6,), mode="test", data_dir=data_dir).sample_validation is None
+    with pytest.raises(ValueError, match="split='train' and mode='test' disagree: mode is the "
+                                         "original's name for split"):
+        problems.mnist((6,), split="train", mode="test", data_dir=data_dir)
+    cifar_dir = os.path.join(data_dir, "cifar10")  # The folder the original's download made.
+    original = problems.cifar10(cifar_dir, (4,), (8,), True, 16, 4, 1000, "test")
+    _same_problem(original, problems.cifar10(conv_channels=(4,), linear_layers=(8,),
+                                             batch_size=16, split="test", data_dir=data_dir))
+    # No queue here: its sizes are checked, and change nothing.
+    _same_problem(original, problems.cifar10(cifar_dir, (4,), (8,), batch_size=16, mode="test",
+                                             num_threads=1, min_queue_examples=0))
+    with pytest.raises(ValueError, match="num_threads must be a whole number >= 1, got 0"):
+        problems.cifar10(cifar_dir, num_threads=0)
+    with pytest.raises(ValueError, match="data_dir=.* and path=.* disagree"):
+        problems.cifar10(cifar_dir, data_dir=data_dir)
+
+
+def test_cifar_without_batch_norm(data_dir):
+    plain = problems.cifar10(data_dir, (4,), (8, 8), batch_norm=False, batch_size=16)
+    assert plain.names == ("conv_net_2d/conv_2d_0/w", "conv_net_2d/conv_2d_0/b",
+                           "mlp/linear_0/w", "mlp/linear_0/b", "mlp/linear_1/w",
+                           "mlp/linear_1/b", "mlp/linear_2/w", "mlp/linear_2/b")
+    params = plain.init(SEED)
+    images, labels = plain.sample(SEED, 0)
+    w, b, *linear = params
+    hidden = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(images, w, 1, "SAME") + b), 2, 2, "SAME")
+    hidden = tf.reshape(hidden, [16, -1])
+    for i in range(3):
+        hidden = tf.matmul(hidden, linear[2 * i]) + linear[2 * i + 1]
+        hidden = tf.nn.relu(hidden) if i < 2 else hidden
+    expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, hidden))
+    np.testing.assert_allclose(plain.loss(params, (images, labels)), expected, rtol=1e-6)
+    # With batch norm, the MLP's offsets are named as Sonnet 1 named the original's modules.
+    normed = problems.cifar10(data_dir, (4,), (8, 8), batch_size=16)
+    assert [n for n in normed.names if n.startswith("mlp/batch_norm")] == [
+        "mlp/batch_norm/beta", "mlp/batch_norm_1/beta"]
+
+
+def test_ensemble_of_the_originals_specs(data_dir, monkeypatch):
+    monkeypatch.setenv(datasets.ENV_VAR, data_dir)  # The original's specs name no data folder.
+    specs = [{"name": "mnist", "options": {"layers": (20,), "mode": "train"}},
+             {"name": "cifar10", "options": {"path": os.path.join(data_dir, "cifar10"),
+                                             "conv_channels": (4,), "linear_layers": (8,),
+                                             "batch_norm": True, "batch_size": 16,
+                                             "num_threads": 4, "min_queue_examples": 1000,
+                                             "mode": "train"}},
+             {"name": "quadratic", "options": {"batch_size": 2, "num_dims": 3}}]
+    ensemble = problems.ensemble(specs, weights=[1.0, 0.5, 2.0])
+    parts = [problems.mnist(layers=(20,)),
+             problems.cifar10(conv_channels=(4,), linear_layers=(8,), batch_size=16),
+             problems.quadratic(batch_size=2, num_dims=3)]
+    assert ensemble.names == tuple(f"problem_{i}/{name}" for i, p in enumerate(parts)
+                                   for name in p.names)
+    params, data = ensemble.init(SEED), ensemble.sample(SEED, 2)
+    expected, start = 0.0, 0
+    for i, (part, weight) in enumerate(zip(parts, [1.0, 0.5, 2.0])):
+        seed = problems.derive_seed(SEED, i)
+        part_params = params[start:start + len(part.names)]
+        start += len(part.names)
+        for x, y in zip(part_params, part.init(seed)):
+            np.testing.assert_array_equal(x, y)
+        expected += weight * float(part.loss(part_params, part.sample(seed, 2)))
+    np.testing.assert_allclose(float(ensemble.loss(params, data)), expected, rtol=1e-6)
+
+
+def test_mlp_initializations(data_dir):
+    original = problems.mlp("mnist", (300,), data_dir=data_dir).init(SEED)
+    fan_in = problems.mlp("mnist", (300,), data_dir=data_dir, initialization="fan_in").init(SEED)
+    # The original's N(0, 0.01) for weights and biases; N(0, 1/fan_in) weights, zero biases.
+    np.testing.assert_allclose([np.std(p) for p in original], [0.01] * 4, rtol=0.1)
+    np.testing.assert_allclose([np.std(fan_in[0]), np.std(fan_in[2])],
+                               [1 / np.sqrt(784), 1 / np.sqrt(300)], rtol=0.05)
+    np.testing.assert_array_equal(fan_in[1], np.zeros(300))
+    np.testing.assert_array_equal(fan_in[3], np.zeros(10))
+    with pytest.raises(ValueError, match=r"Unknown initialization 'he'; expected one of "
+                                         r"\('original', 'fan_in'\)"):
+        problems.mnist(data_dir=data_dir, initialization="he")
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path, monkeypatch):
