@@ -1,11 +1,14 @@
-"""Smoke tests of bench/bench.py: a --quick run in a subprocess prints complete, sane JSON."""
+"""Tests of bench/bench.py: a --quick run in a subprocess prints complete, sane JSON; the
+arguments its child processes get."""
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 
+from absl import flags
 import pytest
 import tensorflow as tf
 
@@ -72,6 +75,47 @@ class BenchTest(tf.test.TestCase):
         for row in rows:
             self.assert_complete(row, row["hidden"], row["unroll_length"])
         self.assertEqual([r["num_coordinates"] for r in rows[:3]], [15910, 31810, 63610])
+
+
+@pytest.fixture
+def bench():
+    """bench.py imported in this process; its flags are unregistered afterwards."""
+    before = set(flags.FLAGS)
+    spec = importlib.util.spec_from_file_location("bench_under_test",
+                                                  REPO_ROOT / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        flags.FLAGS.unparse_flags()
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
+
+
+@pytest.mark.parametrize("problem, forwards_hidden", [("quadratic", False), ("cifar", False),
+                                                      ("mnist", True)])
+def test_compare_modes_forwards_hidden_to_mnist_only(bench, monkeypatch, problem,
+                                                     forwards_hidden):
+    flags.FLAGS(["bench.py", f"--problem={problem}", "--compare_modes", "--quick",
+                 "--synthetic"])
+    commands = []
+
+    def child(command, **kwargs):  # Each mode's process, answering with a row of the table.
+        del kwargs
+        commands.append(command[2:])
+        mode = next(a for a in command if a.startswith("--mode=")).split("=")[1]
+        row = {"mode": mode, "hidden": None, "unroll_length": 4, "num_coordinates": 10,
+               **{field: 1.0 for field in TIMES}}
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps(row) + "\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", child)
+    bench.main(["bench.py"])
+    assert [c for c in commands if "--problem=" + problem in c] == commands
+    assert [next(a for a in c if a.startswith("--mode=")) for c in commands] == [
+        f"--mode={mode}" for mode in meta.MODES]
+    assert all(("--hidden=20" in c) == forwards_hidden for c in commands), commands
+    assert all(any(a.startswith("--hidden") for a in c) == forwards_hidden for c in commands)
 
 
 if __name__ == "__main__":
