@@ -1,4 +1,5 @@
-"""What the command-line tools share: errors, flag checks, progress, stats lines and histories.
+"""What the command-line tools share: flags, errors, flag checks, progress, stats lines and
+histories.
 
 Nothing here imports TensorFlow, so that `plot.py` (which only reads CSV files) starts at once.
 """
@@ -12,8 +13,6 @@ import traceback
 import numpy as np
 
 import util
-
-ISSUES_URL = "the project's issue tracker"
 
 
 def run(main):
@@ -38,7 +37,8 @@ def run(main):
         except Exception:  # pylint: disable=broad-except
             traceback.print_exc()
             sys.exit(f"{os.path.basename(sys.argv[0])}: this is a bug, not a mistake of yours; "
-                     f"please report it with the lines above to {ISSUES_URL}.")
+                     f"please report it to the project's maintainers with the traceback above "
+                     f"and the command you ran.")
     return wrapped
 
 
@@ -59,6 +59,38 @@ def main(main_fn, doc, argv):
     except flags.Error as e:
         sys.exit(f"{os.path.basename(argv[0])}: error: {e}")
     app.run(run(main_fn), argv)
+
+
+def define_problem_flags():
+    """Defines the flags train.py and evaluate.py share: the same names, defaults and meaning.
+
+    The problem and its epochs (`problem`, `num_steps`, `seed`, `data_dir`), how the unroll runs
+    (`mode`, `state_reset_period`) and a new learned-lambda network's options (`lambda_mode`,
+    `lambda_max`). Flags of the same name but another meaning or default in the two scripts
+    (`learning_rate`, `num_epochs`, `fixed_lambda`) are each script's own. The calling script
+    lists these flags in its `--help` with `flags.adopt_module_key_flags(cli)`.
+    """
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    # Imported here: plot.py, which has no problem, does not pay for the configurations.
+    import configs  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_enum("problem", "simple", sorted(configs.CONFIGS), "Type of problem.")
+    flags.DEFINE_integer("num_steps", 100, "Number of optimization steps per epoch.",
+                         lower_bound=1, upper_bound=10**6)
+    flags.DEFINE_integer("seed", 0, "Seed of the problems' initial parameters and data (and, "
+                         "in train.py, of the networks' initial weights).", lower_bound=0)
+    flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
+                        "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
+    flags.DEFINE_enum("mode", None, configs.MODES, "Compilation: eager, graph (tf.function) or "
+                      "xla; default: xla (the fastest measured, CPU and GPU).")
+    flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer networks' state "
+                         "every that many steps; 0: only at the start of each epoch (DeepMind's "
+                         "original). The TF1-era fork's weights were trained with the unroll "
+                         "length (20); 1 reproduces its published evaluations.", lower_bound=0)
+    flags.DEFINE_enum("lambda_mode", "per_coordinate", configs.LAMBDA_MODES,
+                      "Learned lambda: one per coordinate and step (a second LSTM head) or one "
+                      "trainable scalar per network. A saved optimizer records its own.")
+    flags.DEFINE_float("lambda_max", 0.1, "Learned lambda is lambda_max * tanh(a). A saved "
+                       "optimizer records its own.")
 
 
 def check_no_arguments(argv):

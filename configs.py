@@ -4,9 +4,9 @@
 `with_net_options` and `with_saved_paths` turn a configuration's networks into the optimizer the
 command line asks for: L2L, fixed or learned lambda, other options, or weights from a save folder.
 
-Importing this module does not import TensorFlow (the problems are built when asked for), so
-the command-line tools define their flags, and answer `--help`, at once; it also holds the
-names those flags offer.
+Importing this module does not import TensorFlow (the problems are built when asked for, and
+`datasets`, home of the data splits, imports none either), so the command-line tools define
+their flags, and answer `--help`, at once; it also holds the names those flags offer.
 """
 
 import importlib
@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
+import datasets
 import util
 import weights_file
 
@@ -127,7 +128,6 @@ CONFIGS: Dict[str, Callable[[str, Optional[str], Optional[Callable]], Config]] =
     "cifar-mlp": _mlp("cifar10"),
     "cifar100-mlp": _mlp("cifar100"),
 }
-SPLITS = ("train", "validation", "test")
 
 
 def get_config(problem_name, split="train", data_dir=None, loader=None):
@@ -143,8 +143,8 @@ def get_config(problem_name, split="train", data_dir=None, loader=None):
     """
     if problem_name not in CONFIGS:
         raise ValueError(f"Unknown problem {problem_name!r}; expected one of {sorted(CONFIGS)}.")
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    if split not in datasets.SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {datasets.SPLITS}.")
     config = CONFIGS[problem_name](split, data_dir, loader)
     _check_assignments(problem_name, config)
     return config

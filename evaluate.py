@@ -1,11 +1,13 @@
 """Evaluates a learned or hand-designed optimizer on a problem (the original's evaluate.py).
 
-    python evaluate.py --problem=quadratic --optimizer=L2L --path=runs/quadratic
-    python evaluate.py --problem=quadratic --optimizer=fixed --path=runs/quadratic_fixed
-    python evaluate.py --problem=quadratic --optimizer=Adam --learning_rate=0.1
+    .venv/bin/python evaluate.py --problem=quadratic --optimizer=L2L --path=runs/quadratic
+    .venv/bin/python evaluate.py --problem=quadratic --optimizer=fixed --path=runs/quadratic_fixed
+    .venv/bin/python evaluate.py --problem=quadratic --optimizer=Adam --learning_rate=0.1
 
 Runs `num_epochs` epochs of `num_steps` optimizee steps each on the problem's test data, prints
-the mean final loss, and writes the loss after every step of every epoch to a CSV history.
+the mean final loss, and writes the loss after every step of every epoch to a CSV history. A
+learned optimizer runs `eval_batch_size` epochs at once, as one meta-batch: the numbers of one
+epoch at a time (to float rounding), in less time.
 """
 
 import hashlib
@@ -21,6 +23,8 @@ import configs
 import util
 
 FLAGS = flags.FLAGS
+cli.define_problem_flags()
+flags.adopt_module_key_flags(cli)  # The shared flags in this script's --help.
 flags.DEFINE_enum("optimizer", "L2L", list(configs.OPTIMIZER_KINDS) + list(configs.BASELINES),
                   "Optimizer to evaluate: learned (L2L, fixed or learned lambda) or one of "
                   "TensorFlow's (Adam, RMSprop, SGD, NAG).")
@@ -32,68 +36,138 @@ flags.DEFINE_list("learning_rates", None, "A grid of learning rates for a hand-d
 flags.DEFINE_integer("tune_epochs", 20, "Epochs per learning rate of --learning_rates.",
                      lower_bound=1)
 flags.DEFINE_float("fixed_lambda", None, "With --optimizer=fixed: which cwfixed<lambda>.l2l to "
-                   "load when --path holds several (untrained: 0.01).")
-flags.DEFINE_enum("lambda_mode", "per_coordinate", configs.LAMBDA_MODES,
-                  "Untrained learned-lambda optimizer only (a saved one records its own).")
-flags.DEFINE_float("lambda_max", 0.1, "Untrained learned-lambda optimizer only.")
+                   "load when --path holds several (untrained: 0.01). With an untrained "
+                   "--optimizer=learned: the initial lambda.")
 flags.DEFINE_integer("num_epochs", 100, "Number of evaluation epochs.", lower_bound=1,
                      upper_bound=10**6)
+flags.DEFINE_integer("eval_batch_size", 4, "Learned optimizers: epochs run at once, as one "
+                     "meta-batch (the numbers of one at a time, to float rounding, in less "
+                     "time): the largest divisor of --num_epochs up to this.", lower_bound=1,
+                     upper_bound=1024)
 flags.DEFINE_enum("split", "test", ["test", "validation"], "Data split of the evaluation epochs: "
                   "test (the paper's comparison), or validation (held out from meta-training: "
                   "to choose between optimizers without looking at the test split).")
-flags.DEFINE_integer("seed", 0, "Seed of the problems' initial parameters and data.",
-                     lower_bound=0)
-flags.DEFINE_enum("problem", "simple", sorted(configs.CONFIGS), "Type of problem.")
-flags.DEFINE_integer("num_steps", 100, "Number of optimization steps per epoch.", lower_bound=1,
-                     upper_bound=10**6)
-flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer networks' state every "
-                     "that many steps; 0: only at the start of each epoch (DeepMind's original). "
-                     "1 reproduces the TF1-era fork's published evaluations.", lower_bound=0)
 flags.DEFINE_string("history_path", None, "CSV of the loss after every step of every epoch; "
                     "default saved_histories/<problem>_<optimizer>_<its settings>.csv.")
-flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
-                    "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
-flags.DEFINE_enum("mode", None, configs.MODES, "Compilation: eager, graph (tf.function) or xla; "
-                  "default: xla (the fastest measured, CPU and GPU).")
 
-# The flags of each kind of optimizer, beyond those every evaluation takes.
+# The flags of each sort of optimizer, beyond those every evaluation takes. The lambda flags of
+# the learned kinds are configs.KIND_FLAGS (as in train.py); every kind's are among learned's.
 _BASELINE_FLAGS = ("learning_rate", "learning_rates", "tune_epochs")
-_LEARNED_FLAGS = ("path", "state_reset_period")
-_UNTRAINED_LEARNED_FLAGS = ("lambda_mode", "lambda_max")
+_LEARNED_FLAGS = ("path", "state_reset_period", "eval_batch_size")
+_LAMBDA_FLAGS = configs.KIND_FLAGS["learned"]
+
+# Flags that change how the numbers are computed but not the evaluation they are the numbers of:
+# they are not in a history's name, so that the same evaluation always has the same file.
+#   mode: eager, graph and XLA run the same operations on the same problems (meta.Unroll starts
+#     every epoch outside XLA, so its random numbers are the same in every mode): the losses
+#     differ by float rounding only. The header records the mode used.
+#   data_dir: says where the dataset's files are, not which dataset (--problem says that; the
+#     files are checked when read).
+#   eval_batch_size: the same epochs, to float rounding (see `_learned_epochs`).
+# Flags whose non-default values are in the name, after the optimizer's own settings.
+_NAMED_FLAGS = ("num_steps", "num_epochs", "seed", "state_reset_period", "tune_epochs")
 
 
-def _learned_unroll(config, unroll_length):
-    """The Unroll of a learned optimizer, and the lambda it uses (fixed lambda only)."""
+def _applicable_flags():
+    """The optimizer-specific flags that apply to --optimizer (and --path)."""
+    if FLAGS.optimizer in configs.BASELINES:
+        return set(_BASELINE_FLAGS)
+    kind_flags = set(configs.KIND_FLAGS[FLAGS.optimizer])
+    if FLAGS.path is not None:
+        # A saved optimizer's file records its lambda options; --fixed_lambda only chooses among
+        # the cwfixed<lambda>.l2l files of a folder.
+        folder_of_fixed = FLAGS.optimizer == "fixed" and os.path.isdir(FLAGS.path)
+        kind_flags = {"fixed_lambda"} if folder_of_fixed else set()
+    return set(_LEARNED_FLAGS) | kind_flags
+
+
+def _check_flags(argv):
+    """Bad values and flags that do not apply to --optimizer: one line each, naming the flag.
+
+    Returns:
+      the grid of --learning_rates as floats, or None.
+    """
+    cli.check_no_arguments(argv)
+    cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
+    cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
+    applies = _applicable_flags()
+    for name in _BASELINE_FLAGS + _LEARNED_FLAGS + _LAMBDA_FLAGS:
+        if FLAGS[name].present and name not in applies:
+            saved = (FLAGS.path is not None and FLAGS.optimizer in configs.OPTIMIZER_KINDS
+                     and name in configs.KIND_FLAGS[FLAGS.optimizer])
+            what = (f"a saved {FLAGS.optimizer} optimizer records it" if saved
+                    else f"it does not apply to --optimizer={FLAGS.optimizer}")
+            raise util.FlagError(f"--{name}: {what}; remove it.")
+    if not FLAGS["learning_rates"].present:
+        if FLAGS["tune_epochs"].present:
+            raise util.FlagError("--tune_epochs: it applies to a --learning_rates grid only; "
+                                 "remove it or add the grid.")
+        return None
+    if FLAGS["learning_rate"].present:
+        raise util.FlagError("--learning_rate: --learning_rates chooses the learning rate; "
+                             "pass one of the two.")
+    try:
+        grid = [float(lr) for lr in FLAGS.learning_rates]
+    except ValueError:
+        raise util.FlagError(f"--learning_rates must be numbers, got "
+                             f"{','.join(FLAGS.learning_rates)}.") from None
+    if not grid:
+        raise util.FlagError("--learning_rates needs at least one learning rate.")
+    for learning_rate in grid:
+        cli.check_positive(learning_rates=learning_rate)
+    return grid
+
+
+def _learned_optimizer(config):
+    """The MetaOptimizer of --optimizer and --path, and the lambda it uses (fixed lambda only)."""
     import meta  # pylint: disable=import-outside-toplevel
     net_config = config.net_config
     if FLAGS.path is None:
         logging.warning("Evaluating untrained %s optimizer", FLAGS.optimizer)
         fixed_lambda = 0.01 if FLAGS.fixed_lambda is None else FLAGS.fixed_lambda
         net_config = configs.with_optimizer_kind(net_config, FLAGS.optimizer, fixed_lambda,
-                                              FLAGS.lambda_mode, FLAGS.lambda_max)
+                                                 FLAGS.lambda_mode, FLAGS.lambda_max)
     else:
         net_config = configs.with_saved_paths(net_config, FLAGS.path, FLAGS.optimizer,
-                                           FLAGS.fixed_lambda)
+                                              FLAGS.fixed_lambda)
     optimizer = meta.MetaOptimizer(**net_config)
-    unroll = optimizer.meta_loss(config.problem, unroll_length,
-                                 net_assignments=config.net_assignments,
-                                 state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode)
     lambdas = {net.options["fixed_lambda"] for net in optimizer.nets.values()
                if "fixed_lambda" in net.options}
-    return unroll, (lambdas.pop() if len(lambdas) == 1 else None)
+    return optimizer, (lambdas.pop() if len(lambdas) == 1 else None)
 
 
-def _tune_learning_rate(unroll_length):
+def _batch_size():
+    """Epochs per meta-batch: the largest divisor of --num_epochs up to --eval_batch_size, so
+    that every batch has one size (one compilation) and no epoch runs for nothing."""
+    return max(b for b in range(1, FLAGS.eval_batch_size + 1) if FLAGS.num_epochs % b == 0)
+
+
+def _learned_epochs(optimizer, config, unroll_length, seeds):
+    """The epochs of `seeds`, run `_batch_size()` at a time as one meta-batch.
+
+    `meta.run_epochs` gives each epoch of a meta-batch the numbers it has alone (to float
+    rounding: the networks see the batch's coordinates in one call), in less time than one at a
+    time.
+
+    Returns:
+      `([meta.EpochResult per seed], the compilation mode used)`.
+    """
+    import meta  # pylint: disable=import-outside-toplevel
+    batch_size = _batch_size()
+    unroll = optimizer.meta_loss(config.problem, unroll_length,
+                                 net_assignments=config.net_assignments,
+                                 state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode,
+                                 meta_batch_size=batch_size)
+    epochs = []
+    for first in range(0, len(seeds), batch_size):
+        epochs += meta.run_epochs(unroll, FLAGS.num_steps // unroll_length,
+                                  np.stack(seeds[first:first + batch_size]))
+    return epochs, unroll.mode
+
+
+def _tune_learning_rate(grid, unroll_length):
     """The grid's learning rate with the lowest mean final loss on validation epochs."""
     import meta  # pylint: disable=import-outside-toplevel
-    try:
-        grid = [float(lr) for lr in FLAGS.learning_rates]
-    except ValueError:
-        raise util.FlagError(f"--learning_rates must be numbers, got {FLAGS.learning_rates}."
-                             ) from None
-    if not grid or not all(lr > 0 and np.isfinite(lr) for lr in grid):
-        raise util.FlagError(f"--learning_rates must be positive numbers, got "
-                             f"{FLAGS.learning_rates}.")
     problem = configs.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
     results = {}
     unroll = meta.BaselineUnroll(problem, FLAGS.optimizer, grid[0], unroll_length, mode=FLAGS.mode)
@@ -111,85 +185,86 @@ def _tune_learning_rate(unroll_length):
     best = min(finite, key=finite.get)
     edge = " (an end of the grid: extend it)" if best in (min(grid), max(grid)) else ""
     print(f"Best learning rate: {best:g}{edge}")
-    return best, f" chosen from {grid} on {FLAGS.tune_epochs} validation epochs"
+    return best
 
 
-def _check_flags(argv):
-    """Bad values and flags that do not apply to --optimizer: one line each, naming the flag."""
-    cli.check_no_arguments(argv)
-    cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
-    cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
-    baseline = FLAGS.optimizer in configs.BASELINES
-    applies = set(_BASELINE_FLAGS) if baseline else set(_LEARNED_FLAGS)
-    if FLAGS.optimizer in ("fixed", "learned"):
-        applies.add("fixed_lambda")
-    if FLAGS.optimizer == "learned" and FLAGS.path is None:
-        applies.update(_UNTRAINED_LEARNED_FLAGS)
-    for name in _BASELINE_FLAGS + _LEARNED_FLAGS + _UNTRAINED_LEARNED_FLAGS + ("fixed_lambda",):
-        if FLAGS[name].present and name not in applies:
-            what = ("a saved learned optimizer records it" if name in _UNTRAINED_LEARNED_FLAGS
-                    and FLAGS.path else f"it does not apply to --optimizer={FLAGS.optimizer}")
-            raise util.FlagError(f"--{name}: {what}; remove it.")
+def _number(value):
+    """`0.01`: `:g` when that is the exact value, else every digit (two names never meet)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
-def _history_path(settings):
-    """`saved_histories/<problem>_<optimizer>_<settings>.csv`: a name per distinct evaluation."""
+def _digest(text):
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def _history_path(fixed_lambda, grid):
+    """`saved_histories/<problem>_<optimizer>_<settings>.csv`: a name per distinct evaluation.
+
+    The settings are everything that defines the history's numbers (see `_NAMED_FLAGS`): the
+    optimizer's own (learning rate, or the digest of the grid; the save folder; lambda), then the
+    split and each flag of `_NAMED_FLAGS` that is not at its default.
+    """
     parts = [FLAGS.problem, FLAGS.optimizer]
     if FLAGS.optimizer in configs.BASELINES:
-        parts.append("tuned" if FLAGS.learning_rates else f"lr{FLAGS.learning_rate:g}")
+        parts.append(f"tuned-{_digest(repr(grid))}" if grid else
+                     f"lr{_number(FLAGS.learning_rate)}")
     elif FLAGS.path is None:
         parts.append("untrained")
     else:  # The folder's name, and a digest of where it is: two runs never share a file.
         real = os.path.realpath(FLAGS.path)
-        digest = hashlib.sha1(real.encode()).hexdigest()[:6]
-        parts.append(f"{os.path.basename(real.rstrip(os.sep))}-{digest}")
-    if settings.get("fixed_lambda") is not None:
-        parts.append(f"lambda{settings['fixed_lambda']:g}")
-    if FLAGS.split != "test":
+        parts.append(f"{os.path.basename(real.rstrip(os.sep))}-{_digest(real)}")
+    if fixed_lambda is not None:
+        parts.append(f"lambda{_number(fixed_lambda)}")
+    if FLAGS.split != FLAGS["split"].default:
         parts.append(FLAGS.split)
-    for name, default in (("num_steps", 100), ("num_epochs", 100), ("seed", 0),
-                          ("state_reset_period", 0)):
-        if FLAGS[name].value != default:
+    for name in _NAMED_FLAGS:
+        if FLAGS[name].value != FLAGS[name].default:
             parts.append(f"{name.replace('_', '')}{FLAGS[name].value}")
     return os.path.join("saved_histories", "_".join(parts) + ".csv")
 
 
 def main(argv):
-    _check_flags(argv)
+    grid = _check_flags(argv)
     import meta  # pylint: disable=import-outside-toplevel  # After the flags: --help at once.
     config = configs.get_config(FLAGS.problem, FLAGS.split, FLAGS.data_dir)
     unroll_length = meta.eval_unroll_length(FLAGS.num_steps)
-    fixed_lambda = None
-    if FLAGS.optimizer in configs.BASELINES:
-        learning_rate, tuned = FLAGS.learning_rate, ""
-        if FLAGS.learning_rates:
-            learning_rate, tuned = _tune_learning_rate(unroll_length)
-        unroll = meta.BaselineUnroll(config.problem, FLAGS.optimizer, learning_rate,
-                                     unroll_length, mode=FLAGS.mode)
-        settings = f"learning_rate={learning_rate!r}{tuned}"
-    else:
-        unroll, fixed_lambda = _learned_unroll(config, unroll_length)
-        settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
-                    + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}"))
-
     # Validation epochs come from the stream of the learning-rate grid's and of train.py's
     # evaluations: every optimizer evaluated with one --seed sees the same epochs.
     stream = meta.TEST if FLAGS.split == "test" else meta.VALIDATION
-    epochs = [meta.run_epoch(unroll, FLAGS.num_steps // unroll_length,
-                             meta.epoch_seed(FLAGS.seed, stream, e))
-              for e in range(FLAGS.num_epochs)]
-    cli.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
-                     sum(e.time for e in epochs), FLAGS.num_epochs)
-    cli.report_divergence(epochs)
-    cli.print_lambda_stats(meta.lambda_stats([r for e in epochs for r in e.results]))
-    histories = [e.history for e in epochs]
+    seeds = [meta.epoch_seed(FLAGS.seed, stream, e) for e in range(FLAGS.num_epochs)]
+    fixed_lambda = None
+    if FLAGS.optimizer in configs.BASELINES:
+        learning_rate, tuned = FLAGS.learning_rate, ""
+        if grid:
+            learning_rate = _tune_learning_rate(grid, unroll_length)
+            tuned = (f" chosen from learning_rates={','.join(FLAGS.learning_rates)} on "
+                     f"tune_epochs={FLAGS.tune_epochs} validation epochs")
+        unroll = meta.BaselineUnroll(config.problem, FLAGS.optimizer, learning_rate,
+                                     unroll_length, mode=FLAGS.mode)
+        epochs = [meta.run_epoch(unroll, FLAGS.num_steps // unroll_length, seed)
+                  for seed in seeds]
+        mode, settings = unroll.mode, f"learning_rate={learning_rate!r}{tuned}"
+    else:
+        optimizer, fixed_lambda = _learned_optimizer(config)
+        epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
+        settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
+                    + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}"))
 
-    path = FLAGS.history_path or _history_path({"fixed_lambda": fixed_lambda})
+    cli.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
+                    sum(e.time for e in epochs), FLAGS.num_epochs)
+    cli.report_divergence(epochs)
+    # An epoch of a meta-batch shares its unrolls' results (lambdas over all the batch's
+    # coordinates): counted once per epoch, their mean is the mean over epochs.
+    cli.print_lambda_stats(meta.lambda_stats([r for e in epochs for r in e.results]))
+
+    path = FLAGS.history_path or _history_path(fixed_lambda, grid)
     cli.write_history(path, f"optimizer={FLAGS.optimizer} problem={FLAGS.problem} "
-                             f"num_steps={FLAGS.num_steps} num_epochs={FLAGS.num_epochs} "
-                             f"seed={FLAGS.seed} {settings}"
-                             + ("" if FLAGS.split == "test" else f" split={FLAGS.split}"),
-                   histories)
+                            f"num_steps={FLAGS.num_steps} num_epochs={FLAGS.num_epochs} "
+                            f"seed={FLAGS.seed} {settings}"
+                            + ("" if FLAGS.split == "test" else f" split={FLAGS.split}")
+                            + f" mode={mode}",
+                      [e.history for e in epochs])
     print(f"History of every step written to {path}")
 
 

@@ -1,6 +1,6 @@
 """Meta-trains a learned optimizer on a problem (the original's train.py, in TF2).
 
-    python train.py --problem=quadratic --save_path=runs/quadratic
+    .venv/bin/python train.py --problem=quadratic --save_path=runs/quadratic
 
 Every `log_period` epochs it prints the mean final loss; every `evaluation_period` epochs it
 evaluates the optimizer on held-out epochs and saves it to `save_path` when it improved. With
@@ -21,6 +21,8 @@ import cli
 import configs
 
 FLAGS = flags.FLAGS
+cli.define_problem_flags()
+flags.adopt_module_key_flags(cli)  # The shared flags in this script's --help.
 flags.DEFINE_string("save_path", None, "Directory for the best meta-optimizer and checkpoints.")
 flags.DEFINE_integer("num_epochs", 10000, "Number of training epochs.", lower_bound=1,
                      upper_bound=10**9)
@@ -28,31 +30,18 @@ flags.DEFINE_integer("log_period", 100, "Log period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_period", 1000, "Evaluation period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_epochs", 20, "Number of evaluation epochs.", lower_bound=1,
                      upper_bound=10**6)
-flags.DEFINE_enum("problem", "simple", sorted(configs.CONFIGS), "Type of problem.")
-flags.DEFINE_integer("num_steps", 100, "Number of optimization steps per epoch.", lower_bound=1,
-                     upper_bound=10**6)
 flags.DEFINE_integer("unroll_length", 20, "Meta-optimizer unroll length.", lower_bound=1,
                      upper_bound=10**4)
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of the meta-optimizer (Adam).")
 flags.DEFINE_boolean("second_derivatives", False, "Use second derivatives.")
-flags.DEFINE_integer("seed", 0, "Seed of the network weights and of all problem data.",
-                     lower_bound=0)
 flags.DEFINE_enum("which_aml", "L2L", configs.OPTIMIZER_KINDS, "Optimizer to meta-train: L2L, "
                   "fixed lambda (x + delta + lambda x) or learned lambda.")
 flags.DEFINE_float("fixed_lambda", 0.01, "lambda of --which_aml=fixed; the initial lambda of "
                    "--which_aml=learned.")
-flags.DEFINE_enum("lambda_mode", "per_coordinate", configs.LAMBDA_MODES,
-                  "Learned lambda: one per coordinate and step (a second LSTM head) or one "
-                  "trainable scalar per network.")
-flags.DEFINE_float("lambda_max", 0.1, "Learned lambda is lambda_max * tanh(a).")
 flags.DEFINE_enum("meta_objective", None, configs.META_OBJECTIVES, "Sum the optimizee's losses "
                   "on its training batches, or on held-out (validation) batches; default: "
                   "validation for --which_aml=learned on a problem with held-out data (lambda "
                   "can only pay off against held-out data), else train.")
-flags.DEFINE_integer("state_reset_period", 0, "Re-initialize the optimizer networks' state every "
-                     "that many steps; 0: only at the start of each epoch (DeepMind's original). "
-                     "The TF1-era fork's weights were trained with the unroll length (20).",
-                     lower_bound=0)
 flags.DEFINE_string("net_options", None, "JSON options merged into every learned network's "
                     "config, e.g. '{\"scale\": 0.1, \"preprocess_options\": {\"k\": 10}}'.")
 flags.DEFINE_string("initial_path", None, "Start from a saved optimizer's weights (a directory "
@@ -72,10 +61,7 @@ flags.DEFINE_boolean("restart", False, "Start over in a save_path that holds a r
 flags.DEFINE_integer("max_nonfinite", 10, "Stop after this many consecutive epochs with a "
                      "non-finite meta-loss or meta-gradient.", lower_bound=1)
 flags.DEFINE_string("logdir", None, "Directory for TensorBoard summaries.")
-flags.DEFINE_string("data_dir", None, "Folder with the dataset files (or DIR/<dataset>/); "
-                    "else $L2L_DATA_DIR, system folders, then tensorflow_datasets.")
-flags.DEFINE_enum("mode", None, configs.MODES, "Compilation: eager, graph (tf.function) or xla; "
-                  "default: xla (the fastest measured, CPU and GPU).")
+
 
 def _check_flags(argv):
     """Flag values and combinations that cannot work, each a one-line error naming the flag."""

@@ -1,5 +1,7 @@
 """End-to-end tests of train.py and evaluate.py, each run in a subprocess as a user would."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -148,7 +150,9 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         best = min(losses, key=losses.get)
         self.assertIn(f"Best learning rate: {best:g}", result.stdout)
         header, _ = cli.read_history(history)
-        self.assertIn(f"learning_rate={best!r} chosen from [0.001, 0.01, 0.1]", header)
+        # The grid as given and its epochs, as name=value (what reproduce.sh checks to reuse it).
+        self.assertIn(f"learning_rate={best!r} chosen from learning_rates=0.001,0.01,0.1 on "
+                      f"tune_epochs=2 validation epochs", header)
 
     @parameterized.named_parameters(
         ("unknown_problem", "evaluate.py", ["--problem=cifar5"], r"--problem=cifar5.*simple"),
@@ -163,13 +167,49 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         ("stray_argument", "train.py", ["quadratic"], r"Unexpected arguments: quadratic"),
         ("bad_grid", "evaluate.py", ["--problem=quadratic", "--optimizer=SGD",
                                      "--learning_rates=0.1,-1"],
-         r"--learning_rates must be positive numbers"),
+         r"--learning_rates must be positive, got -1.0\."),
+        ("empty_grid", "evaluate.py", ["--problem=quadratic", "--optimizer=SGD",
+                                       "--learning_rates="],
+         r"--learning_rates needs at least one learning rate\."),
     )
     def test_bad_input_is_one_clear_line(self, script, args, message):
         result = run(script, *args)
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("Traceback", result.stderr)
         self.assertRegex(result.stderr.strip().splitlines()[0], message)
+
+    def test_epochs_at_once_are_the_epochs_one_at_a_time(self):
+        # Six epochs: --eval_batch_size=4 runs them three at a time (the largest divisor of 6 up
+        # to 4), as one meta-batch; the histories and the lambda line are those of one at a time.
+        histories, lambda_lines = {}, {}
+        for batch_size in (1, 4):
+            history = os.path.join(self.get_temp_dir(), f"batch{batch_size}.csv")
+            result = run("evaluate.py", "--problem=quadratic", "--optimizer=learned",
+                         f"--path={REPO_ROOT / 'saved_optimizers' / 'quadratic'}",
+                         "--num_epochs=6", "--num_steps=20", f"--eval_batch_size={batch_size}",
+                         f"--history_path={history}")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            histories[batch_size] = cli.read_history(history)[1]
+            lambda_lines[batch_size] = re.search(r"^Lambda cw: mean (\S+) min (\S+) max (\S+)$",
+                                                 result.stdout, re.M).groups()
+        self.assertEqual(histories[1].shape, (6, 20))
+        self.assertAllClose(histories[4], histories[1], rtol=1e-5, atol=0)
+        # Printed with 6 significant digits: a rounding difference may move the last one.
+        self.assertAllClose(np.array(lambda_lines[4], float), np.array(lambda_lines[1], float),
+                            rtol=2e-5, atol=0)
+
+    def test_a_bug_says_to_report_it_with_the_traceback_and_the_command(self):
+        def bug(argv):
+            del argv
+            raise ZeroDivisionError("division by zero")
+
+        with self.assertRaises(SystemExit) as caught, \
+                contextlib.redirect_stderr(io.StringIO()) as stderr:
+            cli.run(bug)(["prog"])
+        self.assertIn("ZeroDivisionError", stderr.getvalue())
+        self.assertEndsWith(str(caught.exception), "this is a bug, not a mistake of yours; please "
+                            "report it to the project's maintainers with the traceback above and "
+                            "the command you ran.")
 
     def test_unreadable_optimizer_file_is_one_clear_line(self):
         path = os.path.join(self.get_temp_dir(), "cw.l2l")

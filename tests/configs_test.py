@@ -1,12 +1,17 @@
 """Tests for configs.py: named configurations and choosing saved optimizers."""
 
 import os
+import re
+import subprocess
+import sys
 import tempfile
 
 import tensorflow as tf
 
 import configs
+import datasets
 import networks
+from conftest import REPO_ROOT
 
 
 class ConfigTest(tf.test.TestCase):
@@ -16,8 +21,19 @@ class ConfigTest(tf.test.TestCase):
             configs.get_config("cifar5")
 
     def test_unknown_split(self):
-        with self.assertRaisesRegex(ValueError, "Unknown split 'dev'"):
+        with self.assertRaisesRegex(ValueError, "Unknown split 'dev'; expected one of "
+                                    + re.escape(str(datasets.SPLITS))):
             configs.get_config("quadratic", "dev")
+
+    def test_the_command_lines_flags_import_no_tensorflow(self):
+        # configs (with datasets, the home of the splits) and cli's shared flags are what
+        # train.py and evaluate.py import before parsing their flags: --help answers at once.
+        code = ("import sys, cli, configs; cli.define_problem_flags(); "
+                "print([m for m in ('tensorflow', 'keras', 'sonnet') if m in sys.modules])")
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "[]")
 
     def test_simple_multi_assigns_each_variable(self):
         config = configs.get_config("simple-multi")
