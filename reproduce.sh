@@ -2,13 +2,16 @@
 # Evaluates the shipped optimizers and the tuned baselines on the paper's problems, then draws
 # the loss curves and the results table of the README ("Reproducing the paper").
 #
-#   MNIST_DIR=/path/to/mnist [FASHION_DIR=/path/to/fashion-mnist] ./reproduce.sh [problem ...]
+#   MNIST_DIR=/path/to/mnist [FASHION_DIR=/path/to/fashion-mnist] ./reproduce.sh [case ...]
 #
 # PYTHON is the Python to use (default: the README's .venv/bin/python, else python3).
 # MNIST_DIR and FASHION_DIR, each a folder of the four IDX files, are optional: without them
 # evaluate.py searches as usual (L2L_DATA_DIR/<dataset>/, Debian's dataset-fashion-mnist,
 # tensorflow_datasets). They are separate because the two datasets' files have the same names.
-# Histories go to results/histories/, plots to results/*.png, the table to results/table.md.
+# Histories go to results/histories/, plots to results/<case>.png, the table to
+# results/table.md: the cases run replace their own sections of it, the others stay as they are.
+# A history is reused when its header records the settings asked for (and, for a learned
+# optimizer, its file is not newer than the history); else it is evaluated again.
 # Every run uses --seed=0: all optimizers see the same problems and batches. About 8 minutes per
 # 100-step MNIST-sized problem on one CPU core.
 set -euo pipefail
@@ -18,10 +21,11 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 GRID=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3
 SGD_GRID=$GRID,10,30  # Plain SGD's best rate was the top of GRID on quadratic and mnist.
+TUNE_EPOCHS=20
 EPOCHS=${EPOCHS:-100}
 OUT=results
 
-# problem name in the table, --problem, --num_steps, folder of the shipped optimizers.
+# case name (its section of the table), --problem, --num_steps, folder of the shipped optimizers.
 CASES=(
   "quadratic quadratic 100 quadratic"
   "mnist mnist 100 mnist"
@@ -41,24 +45,67 @@ for wanted in "$@"; do  # An unknown case is an error before anything is written
   fi
 done
 mkdir -p $OUT/histories
+# Every output is written whole in here, then renamed into place (the same file system): a
+# failure or Ctrl-C keeps the previous file.
+tmp=$(mktemp -d "$OUT/.reproduce.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
 
-evaluate() {  # name, then evaluate.py flags
+up_to_date() {  # history, then evaluate.py flags: whether the history is of those settings
+  local history=$1 header flag
+  header=" $(head -n 1 "$history") "  # evaluate.py's '# optimizer=... problem=... ...' line.
+  shift
+  for flag in "$@"; do
+    [[ $header == *" ${flag#--} "* ]] || return 1
+    if [[ $flag == --path=* && ${flag#--path=} -nt $history ]]; then return 1; fi
+  done
+}
+
+evaluate() {  # name, then the evaluate.py flags that define the evaluation
   local name=$1; shift
   local history=$OUT/histories/$name.csv
-  if [ -f "$history" ]; then echo "have $history"; return; fi
+  local settings=(--seed=0 --num_epochs="$EPOCHS" "$@")
+  if [ -f "$history" ] && up_to_date "$history" "${settings[@]}"; then
+    echo "have $history"
+    return
+  fi
   echo "== $name"
-  $PYTHON evaluate.py $data --seed=0 --num_epochs=$EPOCHS --history_path="$history" "$@"
+  "$PYTHON" evaluate.py ${data_dir:+"--data_dir=$data_dir"} "${settings[@]}" \
+    --history_path="$history"
+}
+
+splice() {  # case name, file of its section: its section of the table replaced (CASES order)
+  local table=$OUT/table.md
+  if [ ! -f $table ]; then : > $table; fi
+  # A section runs from its '### <case> (...)' line to the next; the rest of the file (blank
+  # lines between sections) is rewritten the way every section is written: a blank line first.
+  awk -v name="$1" -v order="${names[*]}" '
+    function emit(key,  text) {
+      text = sections[key]; sub(/\n+$/, "", text); printf "\n%s\n", text; done[key] = 1
+    }
+    FNR == 1 { input++; key = "" }
+    /^### / {  # The old section of the case is dropped: the second file holds its new one.
+      key = (input == 1 && $2 == name) ? "" : $2
+      if (key != "" && !(key in sections)) seen[++count] = key
+    }
+    key != "" { sections[key] = sections[key] $0 "\n" }
+    END {  # The cases in their order, then any other section where it was.
+      n = split(order, ordered, " ")
+      for (i = 1; i <= n; i++) if (ordered[i] in sections) emit(ordered[i])
+      for (i = 1; i <= count; i++) if (!(seen[i] in done)) emit(seen[i])
+    }' $table "$2" > "$tmp/table.md"
+  mv "$tmp/table.md" $table
 }
 
 for case in "${CASES[@]}"; do
   read -r name problem steps saved <<< "$case"
   if [ $# -gt 0 ] && [[ ! " $* " =~ " $name " ]]; then continue; fi
   common=(--problem=$problem --num_steps=$steps)
-  if [ $problem = fashion_mnist ]; then dir=${FASHION_DIR:-}; else dir=${MNIST_DIR:-}; fi
-  data=${dir:+--data_dir=$dir}
+  if [ $problem = fashion_mnist ]; then data_dir=${FASHION_DIR:-}; else data_dir=${MNIST_DIR:-}; fi
   histories=()
   for kind in L2L fixed learned; do
-    case $kind in L2L) file=cw.l2l;; fixed) file=cwfixed0.01.l2l;; learned) file=cwlearned.l2l;; esac
+    case $kind in
+      L2L) file=cw.l2l;; fixed) file=cwfixed0.01.l2l;; learned) file=cwlearned.l2l;;
+    esac
     if [ -f saved_optimizers/$saved/$file ]; then
       evaluate ${name}_$kind "${common[@]}" --optimizer=$kind --path=saved_optimizers/$saved/$file
       histories+=($OUT/histories/${name}_$kind.csv)
@@ -66,19 +113,15 @@ for case in "${CASES[@]}"; do
   done
   for baseline in Adam RMSprop SGD NAG; do
     grid=$GRID; if [ $baseline = SGD ]; then grid=$SGD_GRID; fi
-    evaluate ${name}_$baseline "${common[@]}" --optimizer=$baseline --learning_rates=$grid
+    evaluate ${name}_$baseline "${common[@]}" --optimizer=$baseline --learning_rates=$grid \
+      --tune_epochs=$TUNE_EPOCHS
     histories+=($OUT/histories/${name}_$baseline.csv)
   done
   joined=$(IFS=,; echo "${histories[*]}")
-  $PYTHON plot.py --histories="$joined" --output=$OUT/$name.png --title="$name ($steps steps)"
-  # Each file is written whole under a temporary name, then renamed: a failure keeps the old one.
-  { echo; echo "### $name ($steps steps)"; echo; $PYTHON plot.py --histories="$joined" --table; } \
-    > $OUT/table_$name.md.tmp
-  mv $OUT/table_$name.md.tmp $OUT/table_$name.md
+  "$PYTHON" plot.py --histories="$joined" --output="$tmp/$name.png" --title="$name ($steps steps)"
+  { echo; echo "### $name ($steps steps)"; echo; "$PYTHON" plot.py --histories="$joined" --table
+  } > "$tmp/$name.md"
+  mv "$tmp/$name.png" $OUT/$name.png
+  splice $name "$tmp/$name.md"
+  echo "Updated $OUT/$name.png and the $name section of $OUT/table.md"
 done
-for case in "${CASES[@]}"; do  # The table in the order of CASES, with what exists so far.
-  read -r name _ <<< "$case"
-  if [ -f $OUT/table_$name.md ]; then cat $OUT/table_$name.md; fi
-done > $OUT/table.md.tmp
-mv $OUT/table.md.tmp $OUT/table.md
-echo "Table: $OUT/table.md"

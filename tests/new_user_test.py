@@ -1,6 +1,9 @@
 """A new user's first hour: what the command line says and keeps (the README's promises)."""
 
+import hashlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +16,34 @@ from conftest import REPO_ROOT
 
 QUICK = ["--num_steps=4", "--unroll_length=2", "--log_period=1", "--evaluation_period=2",
          "--evaluation_epochs=1", "--mode=graph"]
+
+
+# A stand-in for the Python reproduce.sh runs: evaluate.py and plot.py without TensorFlow. It logs
+# each call, writes a history whose header records its settings as evaluate.py's does, a table
+# naming the histories and a "figure"; STUB_FAIL=plot makes plot.py fail.
+STUB_PYTHON = """#!{python}
+import os, sys
+script, args = sys.argv[1], sys.argv[2:]
+with open("calls.log", "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+values = dict(arg[2:].split("=", 1) for arg in args if "=" in arg)
+if script == "evaluate.py":
+    settings = [a[2:] for a in args if not a.startswith(("--history_path=", "--data_dir="))]
+    with open(values["history_path"], "w") as f:
+        f.write("# " + " ".join(settings) + "\\n1,0.5\\n")
+elif os.environ.get("STUB_FAIL") == "plot":
+    sys.exit("plot.py failed")
+elif "--table" in args:
+    print("| stub table of " + values["histories"] + " |")
+else:
+    with open(values["output"], "wb") as f:
+        f.write(b"stub figure")
+"""
+
+
+def _sections(text):
+    """`{case: its section}` of a results table, in order: split at its '### case' lines."""
+    return {part.split()[1]: part for part in re.split(r"(?m)^(?=### )", text)[1:]}
 
 
 def _env():
@@ -73,16 +104,85 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("unknown case 'nonexistent'; the cases are: quadratic mnist", result.stderr)
         self.assertEqual(table.read_bytes(), before)
 
+    def _reproduce(self, folder, *cases, **env):
+        """Runs reproduce.sh in `folder` with the stub Python; the evaluate.py calls it made."""
+        log = os.path.join(folder, "calls.log")
+        if os.path.exists(log):
+            os.remove(log)
+        result = subprocess.run([os.path.join(folder, "reproduce.sh"), *cases], cwd=folder,
+                                env=dict(_env(), PYTHON=os.path.join(folder, "python"), **env),
+                                capture_output=True, text=True, timeout=60)
+        calls = open(log).read().splitlines() if os.path.exists(log) else []
+        return result, [c for c in calls if c.startswith("evaluate.py")]
+
+    def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
+        folder = self.get_temp_dir()
+        shutil.copy(REPO_ROOT / "reproduce.sh", folder)
+        os.makedirs(os.path.join(folder, "results"))
+        shutil.copy(REPO_ROOT / "results" / "table.md", os.path.join(folder, "results"))
+        os.makedirs(os.path.join(folder, "saved_optimizers", "quadratic"))
+        for name in ("cw.l2l", "cwfixed0.01.l2l", "cwlearned.l2l"):
+            open(os.path.join(folder, "saved_optimizers", "quadratic", name), "w").close()
+        with open(os.path.join(folder, "python"), "w") as f:
+            f.write(STUB_PYTHON.format(python=sys.executable))
+        os.chmod(os.path.join(folder, "python"), 0o755)
+        committed = _sections((REPO_ROOT / "results" / "table.md").read_text())
+        self.assertLen(committed, 7)
+        table = os.path.join(folder, "results", "table.md")
+
+        result, evaluations = self._reproduce(folder, "quadratic")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertLen(evaluations, 7)  # L2L, fixed, learned; Adam, RMSprop, SGD, NAG.
+        sections = _sections(open(table).read())
+        self.assertEqual(list(sections), list(committed))  # Every case, in the same order.
+        for case in committed:
+            if case != "quadratic":
+                self.assertEqual(sections[case], committed[case])
+        histories = ",".join(f"results/histories/quadratic_{kind}.csv" for kind in (
+            "L2L", "fixed", "learned", "Adam", "RMSprop", "SGD", "NAG"))
+        self.assertEqual(sections["quadratic"],
+                         f"### quadratic (100 steps)\n\n| stub table of {histories} |\n\n")
+        self.assertEqual(sorted(os.listdir(os.path.join(folder, "results"))),
+                         ["histories", "quadratic.png", "table.md"])  # No temporary left.
+        after_first_run = open(table).read()
+
+        # Histories of the settings asked for are reused; a newer optimizer file or other
+        # settings run again.
+        result, evaluations = self._reproduce(folder, "quadratic")
+        self.assertEqual((result.returncode, evaluations), (0, []), result.stderr)
+        self.assertEqual(open(table).read(), after_first_run)
+        later = time.time() + 10
+        os.utime(os.path.join(folder, "saved_optimizers", "quadratic", "cw.l2l"), (later, later))
+        result, evaluations = self._reproduce(folder, "quadratic")
+        self.assertLen(evaluations, 1)
+        self.assertIn("--optimizer=L2L", evaluations[0])
+        result, evaluations = self._reproduce(folder, "quadratic", EPOCHS="5")
+        self.assertLen(evaluations, 7)
+        self.assertTrue(all("--num_epochs=5" in call for call in evaluations))
+
+        # A failure before the table is complete keeps the table and the figure as they were.
+        result, _ = self._reproduce(folder, "quadratic", EPOCHS="6", STUB_FAIL="plot")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(open(table).read(), after_first_run)
+        self.assertEqual(sorted(os.listdir(os.path.join(folder, "results"))),
+                         ["histories", "quadratic.png", "table.md"])
+
     def test_7_histories_are_named_by_their_settings(self):
         directory = self.get_temp_dir()
         common = ["--problem=quadratic", "--num_epochs=1", "--num_steps=4"]
         for args in (["--optimizer=Adam", "--learning_rate=0.1"],
-                     ["--optimizer=Adam", "--learning_rate=0.3"], ["--optimizer=L2L"]):
-            self.assertEqual(_run(directory, "evaluate.py", *common, *args).returncode, 0)
+                     ["--optimizer=Adam", "--learning_rate=0.3"], ["--optimizer=L2L"],
+                     ["--optimizer=Adam", "--learning_rates=0.1,0.3", "--tune_epochs=1"],
+                     ["--optimizer=Adam", "--learning_rates=0.1,1", "--tune_epochs=1"]):
+            result = _run(directory, "evaluate.py", *common, *args)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        # A tuned baseline is named by a digest of its grid, and by --tune_epochs off default.
+        tuned = [f"quadratic_Adam_tuned-{hashlib.sha1(repr(grid).encode()).hexdigest()[:6]}_"
+                 f"numsteps4_numepochs1_tuneepochs1.csv" for grid in ([0.1, 0.3], [0.1, 1.0])]
         self.assertCountEqual(os.listdir(os.path.join(directory, "saved_histories")), [
             "quadratic_Adam_lr0.1_numsteps4_numepochs1.csv",
             "quadratic_Adam_lr0.3_numsteps4_numepochs1.csv",
-            "quadratic_L2L_untrained_numsteps4_numepochs1.csv"])
+            "quadratic_L2L_untrained_numsteps4_numepochs1.csv", *tuned])
 
     @parameterized.parameters(
         ("evaluate.py", ["--optimizer=Adam", "--path=x"], "--path: it does not apply to "
@@ -93,6 +193,14 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
          "--fixed_lambda: it does not apply to --optimizer=L2L"),
         ("evaluate.py", ["--optimizer=learned", "--path=x", "--lambda_max=0.2"],
          "--lambda_max: a saved learned optimizer records it"),
+        ("evaluate.py", ["--optimizer=learned", "--path=x", "--fixed_lambda=0.1"],
+         "--fixed_lambda: a saved learned optimizer records it"),
+        ("evaluate.py", ["--optimizer=Adam", "--eval_batch_size=2"],
+         "--eval_batch_size: it does not apply to --optimizer=Adam"),
+        ("evaluate.py", ["--optimizer=Adam", "--tune_epochs=5"],
+         "--tune_epochs: it applies to a --learning_rates grid only"),
+        ("evaluate.py", ["--optimizer=Adam", "--learning_rate=0.1", "--learning_rates=0.1,1"],
+         "--learning_rate: --learning_rates chooses the learning rate"),
         ("train.py", ["--which_aml=fixed", "--lambda_mode=scalar"],
          "--lambda_mode does not apply to --which_aml=fixed"),
         ("train.py", ["--checkpoint_period=5"], "--checkpoint_period needs --save_path"),
