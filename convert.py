@@ -9,6 +9,7 @@ Files already in this project's format are reported and not copied.
 """
 
 import os
+import stat
 import sys
 
 from absl import flags
@@ -37,8 +38,14 @@ def _inputs(path):
         if not names:
             raise util.FlagError(f"--path {path} holds no .l2l file.")
         return [os.path.join(path, f) for f in names], path
-    if not os.path.isfile(path):
-        raise util.FlagError(f"--path {path} does not exist.")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise util.FlagError(f"--path {path} does not exist." if not os.path.lexists(path) else
+                             f"--path {path} cannot be read: {e.strerror}.") from None
+    if not stat.S_ISREG(mode):
+        raise util.FlagError(f"--path {path} is {util.describe_mode(mode)}; give a .l2l file or "
+                             f"a folder of them.")
     return [path], os.path.dirname(path) or "."
 
 
@@ -65,8 +72,9 @@ def convert(path, output_dir):
     converted, lines = [], []
     for file in files:
         name = os.path.basename(file)
-        with open(file, "rb") as f:
-            magic = f.read(len(weights_file.ZIP_MAGIC))
+        # Read as `load` reads it: a regular file only (a FIFO would block), size capped.
+        magic = util.read_file(file, weights_file.MAX_FILE_BYTES, what="optimizer file",
+                               error=util.WeightsFileError)[:len(weights_file.ZIP_MAGIC)]
         if magic == weights_file.ZIP_MAGIC:
             weights_file.load(file)  # Still say if it is damaged.
             lines.append(f"{name}: already in this project's format; not copied.")

@@ -83,7 +83,11 @@ class Clamp(snt.Module):
 
     def __init__(self, min_value=None, max_value=None, name="clamp"):
         super().__init__(name=name)
-        self._min, self._max = min_value, max_value
+        bounds = {k: None if v is None else _finite(k, v)
+                  for k, v in (("min_value", min_value), ("max_value", max_value))}
+        if None not in bounds.values() and not bounds["min_value"] <= bounds["max_value"]:
+            raise util.OptionError(f"Clamp needs min_value <= max_value, got {bounds}.")
+        self._min, self._max = bounds["min_value"], bounds["max_value"]
 
     def __call__(self, inputs):
         return clamp(inputs, self._min, self._max)
@@ -95,7 +99,7 @@ class LogAndSign(snt.Module):
     def __init__(self, k, name="log_and_sign"):
         super().__init__(name=name)
         if not _is_number(k) or not k > 0 or not math.isfinite(k):
-            raise ValueError(f"LogAndSign needs a finite k > 0, got {k!r}.")
+            raise util.OptionError(f"LogAndSign needs a finite k > 0, got {k!r}.")
         self._k = float(k)
 
     def __call__(self, gradients):
@@ -108,19 +112,19 @@ PREPROCESSORS = {"identity": (tf.identity, 1), "Clamp": (Clamp, 1), "LogAndSign"
 def _make_preprocess(name, options):
     """Returns `(fn, features_per_input)` for a preprocessing name."""
     if not isinstance(name, str) or name not in PREPROCESSORS:
-        raise ValueError(f"Unknown preprocess_name {name!r}; "
-                         f"expected one of {sorted(PREPROCESSORS)}.")
+        raise util.OptionError(f"Unknown preprocess_name {name!r}; "
+                               f"expected one of {sorted(PREPROCESSORS)}.")
     if options is not None and not isinstance(options, dict):
-        raise ValueError(f"preprocess_options must be a dict, got {options!r}.")
+        raise util.OptionError(f"preprocess_options must be a dict, got {options!r}.")
     fn, features = PREPROCESSORS[name]
     if name == "identity":
         if options:
-            raise ValueError(f"Preprocessing 'identity' takes no options, got {options}.")
+            raise util.OptionError(f"Preprocessing 'identity' takes no options, got {options}.")
         return fn, features
     try:
         return fn(**(options or {})), features
     except TypeError as e:
-        raise ValueError(f"Bad preprocess_options for {name}: {e}.") from None
+        raise util.OptionError(f"Bad preprocess_options for {name}: {e}.") from None
 
 
 # -- Checking options ---------------------------------------------------------------------------
@@ -131,22 +135,38 @@ def _is_number(value):
 
 def _finite(name, value):
     if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        raise util.OptionError(f"{name} must be a finite number, got {value!r}.")
     return float(value)
 
 
 def _sizes(name, values, upper, allow_empty=True):
     if not isinstance(values, (list, tuple)) or (not values and not allow_empty):
-        raise ValueError(f"{name} must be a list of integers, got {values!r}.")
+        raise util.OptionError(f"{name} must be a list of integers, got {values!r}.")
     sizes = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             if not (_is_number(value) and math.isfinite(value) and value == int(value)):
-                raise ValueError(f"{name} must be whole numbers, got {list(values)!r}.")
+                raise util.OptionError(f"{name} must be whole numbers, got {list(values)!r}.")
         if not 1 <= value <= upper:
-            raise ValueError(f"{name} must lie in [1, {upper}], got {list(values)!r}.")
+            raise util.OptionError(f"{name} must lie in [1, {upper}], got {list(values)!r}.")
         sizes.append(int(value))
     return tuple(sizes)
+
+
+_FLOAT_DTYPES = (tf.float32, tf.float64)
+
+
+def _float_dtype(dtype):
+    """A network's dtype: a TensorFlow float dtype given in code, never a file's or a flag's.
+
+    Files and `--net_options` cannot choose it: their networks step the problems' float32
+    parameters, and a float64 step would fail only once running.
+    """
+    if not isinstance(dtype, tf.dtypes.DType) or dtype not in _FLOAT_DTYPES:
+        raise util.OptionError(f"dtype {dtype!r} is not an option of optimizer files or "
+                               f"--net_options (their networks run in float32); in code, pass "
+                               f"tf.float32 or tf.float64.")
+    return dtype
 
 
 # -- Initializers -------------------------------------------------------------------------------
@@ -445,7 +465,7 @@ class StandardDeepLSTM(Network):
         self.layers = layers
         self._output_size = output_size
         self._scale = scale
-        self._dtype = dtype
+        self._dtype = _float_dtype(dtype)
         self._preprocess, self._features = _make_preprocess(preprocess_name, preprocess_options)
         self._initializer = initializer
         self._lstms, self._linear = None, None  # Built once the input size is known.
@@ -646,7 +666,7 @@ class KernelDeepLSTM(StandardDeepLSTM):
 def _kernel_shape(kernel_shape):
     shape = _sizes("kernel_shape", kernel_shape, MAX_KERNEL_ELEMENTS, allow_empty=False)
     if len(shape) != 2 or math.prod(shape) > MAX_KERNEL_ELEMENTS:
-        raise ValueError(f"kernel_shape must be two sizes [height, width] of at most "
+        raise util.OptionError(f"kernel_shape must be two sizes [height, width] of at most "
                          f"{MAX_KERNEL_ELEMENTS} elements, got {list(kernel_shape)!r}.")
     return shape
 
@@ -698,12 +718,13 @@ LAMBDA_MODES = configs.LAMBDA_MODES
 
 
 def _lambda_options(lambda_mode, init_lambda, lambda_max):
-    if lambda_mode not in LAMBDA_MODES:
-        raise ValueError(f"Unknown lambda_mode {lambda_mode!r}; expected one of {LAMBDA_MODES}.")
+    if not isinstance(lambda_mode, str) or lambda_mode not in LAMBDA_MODES:
+        raise util.OptionError(f"Unknown lambda_mode {lambda_mode!r}; expected one of "
+                               f"{LAMBDA_MODES}.")
     init_lambda = _finite("init_lambda", init_lambda)
     lambda_max = _finite("lambda_max", lambda_max)
     if not lambda_max > 0 or not abs(init_lambda) < lambda_max:
-        raise ValueError(f"init_lambda must lie strictly inside (-lambda_max, lambda_max); "
+        raise util.OptionError(f"init_lambda must lie strictly inside (-lambda_max, lambda_max); "
                          f"got init_lambda={init_lambda}, lambda_max={lambda_max}.")
     return init_lambda, lambda_max
 
@@ -845,7 +866,7 @@ def _build(net, options):
     try:
         return NETWORKS[net](**options)
     except TypeError as e:  # An option the class does not take.
-        raise ValueError(f"Bad options for {net}: {e}.") from None
+        raise util.OptionError(f"Bad options for {net}: {e}.") from None
 
 
 def factory(net, net_options=(), net_path=None):
@@ -869,6 +890,8 @@ def factory(net, net_options=(), net_path=None):
     if saved.net != net:
         raise util.WeightsFileError(f"{net_path} holds a {saved.net}, not a {net}.")
     net_options.pop("initializer", None)
+    # How to run the network, not what it is: not recorded in files, not compared with them.
+    dtype = net_options.pop("dtype", None)
     requested = weights_file.normalize(net_options)
     stored = weights_file.normalize(saved.net_options)
     clashes = {k: (requested[k], stored[k]) for k in requested
@@ -890,6 +913,10 @@ def factory(net, net_options=(), net_path=None):
                                     options.get("preprocess_options"))[1]
         options["input_size"] = rows // features
     try:
+        if "dtype" in saved.net_options:
+            _float_dtype(saved.net_options["dtype"])  # Refused: a file cannot choose it.
+        if dtype is not None:
+            options["dtype"] = dtype
         if net in _NO_INITIALIZER:
             return _build(net, options)
         return _build(net, dict(options, initializer=saved.weights))

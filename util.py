@@ -3,11 +3,13 @@
 Nothing here imports the project's other modules or TensorFlow at import time, and importing it
 changes nothing in the process.
 
-- `UserError` and its kinds (`FlagError`, `FileFormatError`, `MissingDataError`) are the errors a
-  user can cause and fix: the CLIs print them as one line. Any other exception is a bug and keeps
-  its traceback.
+- `UserError` and its kinds (`FlagError`, `FileFormatError`, `MissingDataError`, `OptionError`)
+  are the errors a user can cause and fix: the CLIs print them as one line. Any other exception
+  is a bug and keeps its traceback.
 - `read_file` reads only regular files, up to a size cap; `atomic_write` replaces only regular
-  files, so that a reader sees the old file or the new one, never a part.
+  files (keeping their mode), so that a reader sees the old file or the new one, never a part.
+  Its temporary files start with `TEMP_PREFIX`, a name no user gives a file, so that what a
+  killed process left can be told from the user's files.
 - `import_tensorflow` is the one place TensorFlow is first imported: quietly (its start-up lines
   go nowhere), whichever of the project's modules is imported first.
 """
@@ -38,12 +40,28 @@ class MissingDataError(UserError, ValueError):
     """A dataset that is nowhere to be found, or found broken."""
 
 
+class OptionError(UserError, ValueError):
+    """An optimizer network's option that cannot work (a layer size, a preprocessing, a dtype).
+
+    The message names the option; a caller that knows where the options came from (a flag, a
+    file) adds that.
+    """
+
+
 # Reads of files the project did not write itself are capped; optimizer files and run records
 # are kilobytes, datasets tens of megabytes.
 DEFAULT_READ_LIMIT = 256 * 2**20
 
 
-def _describe_mode(mode):
+# Temporary files of `atomic_write` (and the run folder's temporary links) start with this.
+TEMP_PREFIX = ".l2l-tmp-"
+
+
+def describe_mode(mode):
+    """What a file of `os.stat` mode `mode` is, for a message: "a directory", "a FIFO (named
+    pipe)", ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -69,7 +87,7 @@ def read_file(path, limit=DEFAULT_READ_LIMIT, what="file", error=FileFormatError
     except OSError as e:
         raise error(f"Cannot read {what} {path}: {e.strerror}.") from None
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{what[:1].upper() + what[1:]} {path} is {_describe_mode(info.st_mode)}, "
+        raise error(f"{what[:1].upper() + what[1:]} {path} is {describe_mode(info.st_mode)}, "
                     f"not a regular file.")
     if info.st_size > limit:
         raise error(f"{what[:1].upper() + what[1:]} {path} has {info.st_size} bytes, more than "
@@ -100,17 +118,43 @@ def _umask():
     return 0o022
 
 
-def atomic_write(path, data, what="file"):
+def _blocking_file(directory):
+    """The nearest existing part of `directory` when it is not a folder (else None)."""
+    existing = directory
+    while not os.path.lexists(existing) and existing != os.path.dirname(existing):
+        existing = os.path.dirname(existing)
+    try:
+        mode = os.stat(existing).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISDIR(mode) else f"{existing} is {describe_mode(mode)}, not a folder"
+
+
+def make_folder(directory, what, path):
+    """Creates `directory` and its parents, where `what` is to be written at `path`.
+
+    Raises:
+      FileFormatError: a part of it is a file, or it cannot be created; the message names it.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        reason = _blocking_file(directory) or f"cannot create folder {directory} ({e.strerror})"
+        raise FileFormatError(f"Cannot write {what} {path}: {reason}; choose another path."
+                              ) from None
+
+
+def atomic_write(path, data, what="file", create_folder=False):
     """Writes bytes to `path` so that a reader sees the old file or the new one, never a part.
 
     A symlink is resolved and its target replaced. Only a regular file (or nothing) at the
-    destination is replaced: a device, FIFO or directory there is an error, so that, say,
-    `/dev/null` is never turned into a regular file. The data and the directory entry are
-    synced before returning.
+    destination is replaced, and it keeps its mode: a device, FIFO or directory there is an
+    error, so that, say, `/dev/null` is never turned into a regular file. `create_folder` creates
+    the missing folders of `path`. The data and the directory entry are synced before returning.
 
     Raises:
-      FileFormatError: the destination is not a regular file, or its folder is missing or not
-        writable.
+      FileFormatError: the destination is not a regular file, or its folder is missing (without
+        `create_folder`), a file, or not writable.
     """
     path = os.path.realpath(path)
     try:
@@ -118,13 +162,17 @@ def atomic_write(path, data, what="file"):
     except FileNotFoundError:
         mode = None
     except OSError as e:
-        raise FileFormatError(f"Cannot write {what} {path}: {e.strerror}.") from None
+        blocker = _blocking_file(os.path.dirname(path))
+        reason = f"{blocker}; choose another path" if blocker else e.strerror
+        raise FileFormatError(f"Cannot write {what} {path}: {reason}.") from None
     if mode is not None and not stat.S_ISREG(mode):
-        raise FileFormatError(f"Cannot write {what} {path}: it is {_describe_mode(mode)}; "
+        raise FileFormatError(f"Cannot write {what} {path}: it is {describe_mode(mode)}; "
                               f"choose a file path.")
     directory = os.path.dirname(path)
+    if create_folder:
+        make_folder(directory, what, path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
     except OSError as e:
         raise FileFormatError(f"Cannot write {what} {path}: {e.strerror} ({directory}).") from None
     try:
@@ -132,7 +180,9 @@ def atomic_write(path, data, what="file"):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # As open() would create it; mkstemp makes it private.
+        # The replaced file's mode; a new file's as open() would create it (mkstemp makes it
+        # private).
+        os.chmod(tmp, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

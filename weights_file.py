@@ -3,15 +3,18 @@
 This project writes a zip of `.npy` arrays (one per variable, `<layer>/<variable>.npy`) and a
 JSON header (`__header__.json`: format, version, network class, options, metadata), never a
 pickle. `load` reads that format or a legacy `.l2l` pickle (through `legacy`), checking
-everything before it allocates: the header against a schema, each array's declared shape and
-dtype against its size, the total size against a cap, the values for NaN and infinity. A file
-that fails any check is one `util.WeightsFileError` naming it.
+everything before it allocates: the header against a schema, each array's `.npy` header (parsed
+here, its length capped), its declared shape and dtype against its size, the total size against
+a cap, the values for NaN and infinity. A file that fails any check is one
+`util.WeightsFileError` naming it. The same caps bound the networks that may be trained
+(`check_storable`): none that a file could not hold.
 
 Files in a save folder are named after the network's key in the configuration and its kind:
 `cw.l2l` (L2L or a hand-designed network), `cwfixed0.01.l2l`, `cwlearned.l2l`; `file_name`
 and `parse_file_name` are the one home of that rule.
 """
 
+import ast
 import io
 import json
 import math
@@ -45,7 +48,11 @@ MAX_HEADER_BYTES = 2**20
 MAX_ARRAY_ELEMENTS = 2**24
 MAX_TOTAL_ELEMENTS = 2**25
 MAX_HEADER_DEPTH = 8
-_FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f8"))
+# numpy writes a `.npy` header of about 120 bytes; a longer one is not numpy's.
+MAX_NPY_HEADER_BYTES = 4096
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_LENGTH_BYTES = {1: 2, 2: 4}  # Bytes of the header length in `.npy` versions 1.0 and 2.0.
+_FLOAT_DESCRS = ("<f4", "<f8")  # float32 and float64, as numpy writes them.
 
 WeightsFileError = util.WeightsFileError
 
@@ -152,6 +159,32 @@ def save(path, net, net_options, weights, metadata=None, tensorflow_version=None
     util.atomic_write(path, buffer.getvalue(), what="optimizer file")
 
 
+def check_storable(shapes, what):
+    """Refuses a network whose weights a file could not hold, before it is built or trained.
+
+    `shapes` is `{layer: {variable: shape}}` (`Network.weight_shapes`; None for a size not yet
+    known, counted as 1). The limits on what a file may declare bound what can be trained too:
+    a network too large to save would also exhaust memory long before it learned anything.
+
+    Raises:
+      util.OptionError: an array or the total is over the limits; the message names `what`.
+    """
+    total = 0
+    for layer, variables in shapes.items():
+        for name, shape in variables.items():
+            count = math.prod(1 if n is None else n for n in shape)
+            if count > MAX_ARRAY_ELEMENTS:
+                raise util.OptionError(
+                    f"{what} would have {count} weights in {layer}/{name}, more than the "
+                    f"{MAX_ARRAY_ELEMENTS} an optimizer file holds in one array; use smaller "
+                    f"layers.")
+            total += count
+    if total > MAX_TOTAL_ELEMENTS:
+        raise util.OptionError(f"{what} would have {total} weights, more than the "
+                               f"{MAX_TOTAL_ELEMENTS} an optimizer file holds; use smaller "
+                               f"layers.")
+
+
 # -- Reading ----------------------------------------------------------------------------------
 
 def load(path):
@@ -214,9 +247,11 @@ def _read_header(path, archive):
         raise _damaged(path, f"its header is a {type(header).__name__}, not an object")
     if _depth(header, MAX_HEADER_DEPTH) > MAX_HEADER_DEPTH:
         raise _damaged(path, "a header nested too deeply")
-    if header.get("format") != FORMAT_NAME or header.get("version") not in _READABLE_VERSIONS:
+    # `type(...) is int`: JSON's true (== 1) and 2.0 (== 2) are not versions.
+    if (header.get("format") != FORMAT_NAME or type(header.get("version")) is not int
+            or header["version"] not in _READABLE_VERSIONS):
         raise WeightsFileError(f"{path} has format {str(header.get('format'))[:40]!r} version "
-                               f"{str(header.get('version'))[:20]!r}; this code reads "
+                               f"{repr(header.get('version'))[:20]}; this code reads "
                                f"{FORMAT_NAME!r} versions {list(_READABLE_VERSIONS)}.")
     expected = {"net": str, "net_options": dict, "metadata": dict, "tensorflow": str}
     for field, kind in expected.items():
@@ -230,23 +265,55 @@ def _read_header(path, archive):
     return header
 
 
+def _read_npy_header(path, member, info):
+    """`(shape, dtype)` from a `.npy` member's header, parsed here with a length cap.
+
+    numpy's own reader allocates whatever header length the file declares (up to 4 GiB) before
+    looking at it, and lets tokenizer errors through; this one checks the length against a cap
+    and the member's size first, and reads only the three fields a weight array has.
+    """
+    preamble = member.read(len(_NPY_MAGIC) + 2)
+    version = tuple(preamble[len(_NPY_MAGIC):])
+    if len(preamble) < len(_NPY_MAGIC) + 2 or not preamble.startswith(_NPY_MAGIC):
+        raise _damaged(path, f"{info.filename} is not a .npy array")
+    if version[1] != 0 or version[0] not in _NPY_LENGTH_BYTES:
+        raise _damaged(path, f"{info.filename} is a .npy file of version {version[0]}."
+                             f"{version[1]}, not 1.0 or 2.0")
+    length_bytes = member.read(_NPY_LENGTH_BYTES[version[0]])
+    length = int.from_bytes(length_bytes, "little")
+    if (len(length_bytes) < _NPY_LENGTH_BYTES[version[0]] or length > MAX_NPY_HEADER_BYTES
+            or len(preamble) + len(length_bytes) + length > info.file_size):
+        raise _damaged(path, f"{info.filename} declares a .npy header of {length} bytes")
+    try:
+        # Literals only (ast.literal_eval runs no code), as numpy reads it.
+        header = ast.literal_eval(member.read(length).decode("latin1"))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        raise _damaged(path, f"{info.filename} has an unreadable .npy header "
+                             f"({type(e).__name__})") from None
+    if (not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}
+            or type(header["fortran_order"]) is not bool or not isinstance(header["shape"], tuple)
+            or not all(type(n) is int and n >= 0 for n in header["shape"])):
+        raise _damaged(path, f"{info.filename} has a .npy header that is not a weight array's: "
+                             f"{str(header)[:80]}")
+    descr = header["descr"]
+    if descr not in _FLOAT_DESCRS or header["fortran_order"]:
+        try:
+            kind = np.dtype(descr) if isinstance(descr, str) else "structured"
+        except (TypeError, ValueError):
+            kind = repr(descr)[:40]
+        order = " in Fortran order" if header["fortran_order"] else ""
+        raise WeightsFileError(f"{path}: {info.filename} holds {kind} values{order}; optimizer "
+                               f"weights are float32 or float64 arrays.")
+    return header["shape"], np.dtype(descr)
+
+
 def _read_array(path, archive, info):
-    """One `.npy` member, its shape and dtype checked against its size before it is read."""
+    """One `.npy` member, its header and its shape checked against its size before it is read."""
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise _damaged(path, f"{info.filename} uses compression method {info.compress_type}")
     try:
         with archive.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-            else:
-                raise ValueError(f"npy version {version}")
-            if dtype not in _FLOAT_DTYPES or fortran:
-                raise WeightsFileError(f"{path}: {info.filename} holds {dtype} values"
-                                       f"{' in Fortran order' if fortran else ''}; optimizer "
-                                       f"weights are float32 or float64 arrays.")
+            shape, dtype = _read_npy_header(path, member, info)
             count = math.prod(shape)
             if count > MAX_ARRAY_ELEMENTS:
                 raise _damaged(path, f"{info.filename} declares shape {shape}")

@@ -528,6 +528,11 @@ class ConvertTest(tf.test.TestCase):
             convert.convert(os.path.join(source, "cw.l2l"), source)
         with self.assertRaisesRegex(ValueError, "--path /nonexistent does not exist."):
             convert.convert("/nonexistent", output_dir)
+        fifo = os.path.join(self.get_temp_dir(), "fifo.l2l")
+        os.mkfifo(fifo)  # Said as what it is, and never opened (that would block).
+        with self.assertRaisesRegex(util.FlagError, r"--path .*fifo.l2l is a FIFO \(named "
+                                    r"pipe\); give a .l2l file or a folder of them."):
+            convert.convert(fifo, output_dir)
         with self.assertRaisesRegex(ValueError, "holds no .l2l file"):
             empty = os.path.join(self.get_temp_dir(), "empty")
             os.makedirs(empty, exist_ok=True)
