@@ -7,19 +7,23 @@
     DIR/checkpoints/    TensorFlow checkpoints (the last two)
 
 The best set is written into a new `.best-N` folder and made current by replacing the one link
-`best` (an atomic rename), so a kill at any moment leaves the previous set or the new one. Each
-file records the evaluation that made it the best, which bounds what may replace it even when
-the checkpoints are gone. Only the chief of a distributed run writes here; the other workers
-read the chief's checkpoints.
+`best` (an atomic rename), so a kill at any moment leaves the previous set or the new one; what a
+killed save left (an older `.best-N`, a temporary link or file named `util.TEMP_PREFIX...`) is
+removed when the folder is next opened. Each file records the evaluation that made it the best,
+which bounds what may replace it even when the checkpoints are gone; a damaged best file bounds
+nothing, and the next good evaluation replaces it. Only the chief of a distributed run writes
+here; the other workers read the chief's checkpoints and write theirs to a scratch folder that
+goes when the run ends.
 """
 
 import errno
 import fcntl
-import glob
 import json
+import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 
@@ -30,7 +34,11 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 BEST_LINK = "best"
 CHECKPOINTS = "checkpoints"
-_BEST_DIR = re.compile(r"\.best-(\d+)-[0-9a-f]+")
+_BEST_DIR = re.compile(r"\.best-\d{6,}-[0-9a-f]{8}")
+# Temporary names of this module and of util.atomic_write, and those of older versions
+# (`best.tmp-<hex>`, `cw.l2l.tmp-<hex>` links): only these are ever removed as leftovers.
+_TEMPORARY = re.compile(re.escape(util.TEMP_PREFIX) + r"[A-Za-z0-9_]+"
+                        r"|(best|[^/]+\.l2l)\.tmp-[0-9a-f]{8}")
 MAX_RUN_FILE_BYTES = 2**20
 
 
@@ -40,6 +48,8 @@ class RunFolder:
     def __init__(self, path, run_id, resuming, chief, lock_fd):
         self.path, self.run_id, self.resuming, self.chief = path, run_id, resuming, chief
         self._lock_fd = lock_fd
+        # Why the current best set is unusable (set by `best_evaluation`), until one replaces it.
+        self.damaged_best = None
         # Non-chief workers write their (required) checkpoints where nobody else reads them.
         self._scratch = None if chief else tempfile.mkdtemp(prefix="l2l-worker-")
         if self._scratch:
@@ -59,8 +69,11 @@ class RunFolder:
             raise util.FlagError(f"--save_path {path} is a file, not a folder; choose a folder "
                                  f"(it is created if missing).")
         if not chief:
-            return cls(path, _read_run(path)["run_id"] if _has_run(path) else None, True,
-                       False, None)
+            # The chief checks, restarts or creates the run; a worker follows what it was told:
+            # with --restart it must not restore the checkpoints the chief is deleting.
+            resuming = not restart and _has_run(path)
+            return cls(path, _read_run(path)["run_id"] if resuming else None, resuming, False,
+                       None)
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
@@ -68,35 +81,44 @@ class RunFolder:
         lock_fd = _lock(path)
         try:
             run_id, resuming = _open_run(path, flags_of_run, restart)
+            folder = cls(path, run_id, resuming, True, lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path, run_id, resuming, True, lock_fd)
+        folder._remove_leftovers()  # pylint: disable=protected-access
+        return folder
 
     def close(self):
+        """Releases the lock; a worker's scratch folder (its unread checkpoints) goes."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     # -- The best optimizers --------------------------------------------------------------
 
     def best_evaluation(self):
         """`(evaluation, epoch)` recorded in the current best files of this run, or None.
 
-        A damaged best file is reported and does not count: the next evaluation replaces it.
+        None too for another run's files, and for a damaged set (a file unreadable, or its
+        metadata not what this module writes): that is reported and kept in `damaged_best`, and
+        the next good evaluation replaces the set whatever its value.
         """
         best = None
         for name in self.best_files():
             file = os.path.join(self.path, name)
             try:
-                metadata = weights_file.load(file).metadata
+                record = _best_record(file, weights_file.load(file).metadata, self.run_id)
             except util.WeightsFileError as e:
-                print(f"Warning: the saved best optimizer is unreadable ({e}); the next "
+                self.damaged_best = str(e)
+                print(f"Warning: the saved best optimizer is damaged ({e}); the next "
                       f"evaluation will replace it.")
                 return None
-            if metadata.get("run_id") != self.run_id or "evaluation" not in metadata:
+            if record is None:
                 return None
-            best = (metadata["evaluation"], metadata.get("epoch"))
+            best = record
         return best
 
     def best_files(self):
@@ -113,6 +135,7 @@ class RunFolder:
         if not self.chief:
             return []
         new = os.path.join(self.path, f".best-{evaluation_number:06d}-{uuid.uuid4().hex[:8]}")
+        assert _BEST_DIR.fullmatch(os.path.basename(new)), new  # Else never cleaned up.
         try:
             paths = optimizer.save(new, metadata)
             util.fsync_directory(new)
@@ -127,11 +150,30 @@ class RunFolder:
         except OSError as e:
             raise util.FileFormatError(f"Cannot save the best optimizer in {self.path}: "
                                        f"{e.strerror}; the previous best is intact.") from None
-        current = os.path.realpath(os.path.join(self.path, BEST_LINK))
-        for old in glob.glob(os.path.join(self.path, ".best-*")):
-            if os.path.realpath(old) != current:
-                shutil.rmtree(old, ignore_errors=True)
+        self.damaged_best = None
+        self._remove_leftovers()
         return [os.path.join(self.path, os.path.basename(p)) for p in paths]
+
+    def _remove_leftovers(self):
+        """Removes best sets other than the current one and temporary names a kill left.
+
+        Only names this module or `util.atomic_write` makes are touched; the folder is locked,
+        so no other process is writing them.
+        """
+        try:
+            current = os.readlink(os.path.join(self.path, BEST_LINK))
+        except OSError:
+            current = None
+        for name in os.listdir(self.path):
+            entry = os.path.join(self.path, name)
+            if _BEST_DIR.fullmatch(name) and name != current and not os.path.islink(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif _TEMPORARY.fullmatch(name) and (os.path.islink(entry)
+                                                 or os.path.isfile(entry)):
+                try:
+                    os.remove(entry)
+                except OSError:
+                    pass
 
     # -- Checkpoints ----------------------------------------------------------------------
 
@@ -151,13 +193,29 @@ class RunFolder:
 
 
 def _lock(path):
-    """An exclusive lock on `path/.lock` for this process's lifetime; its PID is written in it."""
+    """An exclusive lock on `path/.lock` for this process's lifetime; its PID is written in it.
+
+    The lock file must be a regular file of its own: a symlink is not followed (its target would
+    be truncated) and a FIFO or device is not written to.
+    """
     lock_path = os.path.join(path, LOCK_FILE)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NONBLOCK: opening a FIFO does not wait for a writer.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
+        what = "a symbolic link" if e.errno == errno.ELOOP else None
+        if what is None and os.path.lexists(lock_path):
+            what = util.describe_mode(os.lstat(lock_path).st_mode)
+        if what and what != "a regular file":
+            raise util.FlagError(f"--save_path {path}: its lock file {lock_path} is {what}, not "
+                                 f"a regular file; remove it.") from None
         raise util.FlagError(f"--save_path {path}: cannot create its lock file ({e.strerror}); "
                              f"check its permissions.") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise util.FlagError(f"--save_path {path}: its lock file {lock_path} is "
+                             f"{util.describe_mode(mode)}, not a regular file; remove it.")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -220,9 +278,27 @@ def _open_run(path, flags_of_run, restart):
     return run_id, False
 
 
+def _best_record(file, metadata, run_id):
+    """`(evaluation, epoch)` from a best file's metadata; None for another run's.
+
+    Raises:
+      util.WeightsFileError: this run's metadata, but not as `save_best` writes it.
+    """
+    if metadata.get("run_id") != run_id:
+        return None
+    evaluation, epoch = metadata.get("evaluation"), metadata.get("epoch")
+    number = (int, float)
+    if (not isinstance(evaluation, number) or isinstance(evaluation, bool)
+            or not math.isfinite(evaluation)
+            or not (epoch is None or (type(epoch) is int and epoch >= 0))):
+        raise util.WeightsFileError(f"{file} records evaluation {str(evaluation)[:40]!r} at "
+                                    f"epoch {str(epoch)[:40]!r}, not a finite loss at an epoch")
+    return float(evaluation), epoch
+
+
 def _replace_link(link, target):
     """Points symlink `link` at `target`, atomically (a new link renamed over the old)."""
-    temporary = f"{link}.tmp-{uuid.uuid4().hex[:8]}"
+    temporary = os.path.join(os.path.dirname(link), f"{util.TEMP_PREFIX}{uuid.uuid4().hex[:8]}")
     os.symlink(target, temporary)
     try:
         os.replace(temporary, link)

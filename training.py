@@ -4,13 +4,19 @@
 resumes from the run folder's last usable checkpoint, and runs epochs: a non-finite meta-update
 is skipped (it never reaches the weights), a checkpoint is written only of finite weights, and
 an evaluation that beats the best so far replaces the saved optimizer set as one unit.
+
+What a run may ask for is bounded before anything is built (`check_flags`, and networks no
+larger than an optimizer file holds), and running out of memory anyway is one line naming the
+flags to lower.
 """
 
 import glob
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 
 import util
 util.import_tensorflow()
@@ -21,6 +27,8 @@ import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 import cli  # noqa: E402  pylint: disable=wrong-import-position
 import configs  # noqa: E402  pylint: disable=wrong-import-position
 import meta  # noqa: E402  pylint: disable=wrong-import-position
+import networks  # noqa: E402  pylint: disable=wrong-import-position
+import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
 OBJECTIVES = {"train": "the optimizee's losses on its training batches",
               "validation": "its losses on held-out batches at the same iterates"}
@@ -30,10 +38,28 @@ RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_d
              "seed", "which_aml", "meta_objective", "state_reset_period", "net_options",
              "meta_batch_size", "initial_path")
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+# The meta-gradient of an unroll keeps every step's state: memory grows with its length. The
+# paper unrolls 20 steps; ten times that fits a small problem in well under a gigabyte.
+MAX_UNROLL_LENGTH = 200
+# What a run that exhausts memory can lower.
+_MEMORY_FLAGS = "--unroll_length, --meta_batch_size or the layers of --net_options"
+
+
+def check_flags(flags):
+    """Flag values within what a run can hold in memory, each a one-line error naming the flag.
+
+    Called (through `run_flags`) before the run folder is opened, so that nothing there changes
+    for a run that cannot start.
+    """
+    if flags.unroll_length > MAX_UNROLL_LENGTH:
+        raise util.FlagError(f"--unroll_length={flags.unroll_length} is more than the "
+                             f"{MAX_UNROLL_LENGTH} steps a meta-gradient can keep in memory (the "
+                             f"paper unrolls 20); use a shorter unroll.")
 
 
 def run_flags(flags, objective):
-    """The values that define the run, as `run.json` records them."""
+    """The values that define the run, as `run.json` records them (checked: `check_flags`)."""
+    check_flags(flags)
     values = {name: flags[name].value for name in RUN_FLAGS + configs.KIND_FLAGS[flags.which_aml]}
     values["meta_objective"] = objective
     return values
@@ -97,10 +123,13 @@ def _build(flags, config, objective, strategy):
     eval_config = configs.get_config(flags.problem, "validation", flags.data_dir)
     with strategy.scope() if strategy else meta._no_scope():  # pylint: disable=protected-access
         try:
+            for key, net in net_config.items():
+                if "net_path" not in net:  # A file's network is as large as the file allows.
+                    weights_file.check_storable(
+                        networks.NETWORKS[net["net"]].weight_shapes(net.get("net_options", {})),
+                        f"Network {key!r}")
             optimizer = meta.MetaOptimizer(**net_config)
-        except util.UserError:
-            raise
-        except ValueError as e:
+        except util.OptionError as e:  # The networks' own checks; anything else is a bug.
             raise util.FlagError(f"The optimizer's options are invalid ({e}); check "
                                  f"--net_options, --fixed_lambda and --lambda_max.") from None
         minimize = optimizer.meta_minimize(
@@ -127,8 +156,63 @@ def _counters():
             "nonfinite_epochs": tf.Variable(0, tf.int64)}
 
 
+# The checkpoints CheckpointManager writes (`ckpt-7.index`); other names are not ours.
+_CHECKPOINT_INDEX = re.compile(r"ckpt-(\d+)\.index")
+_STATE_FILE = "checkpoint"  # CheckpointManager's list of the checkpoints of its folder.
+_MAX_STATE_FILE_BYTES = 2**20
+
+
+def _irregular_file(path):
+    """Why TensorFlow must not read `path` (not a regular file: it could hang), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"{os.path.basename(path)}: {e.strerror}"
+    return (None if stat.S_ISREG(mode) else
+            f"{os.path.basename(path)} is {util.describe_mode(mode)}, not a regular file")
+
+
+def _unusable_state_file(directory):
+    """Why the folder's state file cannot be read (TensorFlow would hang or raise), or None."""
+    state = os.path.join(directory, _STATE_FILE)
+    if not os.path.lexists(state):
+        return None
+    try:
+        util.read_file(state, _MAX_STATE_FILE_BYTES, what="checkpoint state file")
+        if tf.train.get_checkpoint_state(directory) is None:
+            return f"{state} is not a checkpoint state"
+    except (util.FileFormatError, ValueError, tf.errors.OpError) as e:
+        return str(e).splitlines()[0][:200]
+    return None
+
+
+def _replace_state_file(directory, candidates, restored):
+    """Writes a state file naming the checkpoints found (the chief only, before its manager
+    reads it), so that its manager keeps and deletes them as if the file had never broken."""
+    state = os.path.join(directory, _STATE_FILE)
+    if os.path.isdir(state) and not os.path.islink(state):
+        raise util.FileFormatError(f"{state} is a directory, not TensorFlow's checkpoint state "
+                                   f"file; remove it.")
+    os.remove(state)  # A FIFO or device there is not written through.
+    if not restored:
+        return
+    # CheckpointState's text format, as CheckpointManager writes it: names relative to the
+    # folder, oldest first; each one's time makes the manager delete it in its turn.
+    present = [p for p in reversed(candidates) if os.path.isfile(p)]  # Not those removed.
+    lines = [f'model_checkpoint_path: "{os.path.basename(restored)}"']
+    lines += [f'all_model_checkpoint_paths: "{os.path.basename(p)[:-len(".index")]}"'
+              for p in present]
+    lines += [f"all_model_checkpoint_timestamps: {os.stat(p).st_mtime!r}" for p in present]
+    util.atomic_write(state, ("\n".join(lines) + "\n").encode(),
+                      what="checkpoint state file")
+
+
 def _restore(checkpoint, folder):
     """Restores the newest usable checkpoint; returns its path (None: nothing to restore).
+
+    Only regular files are read: a FIFO or device among the checkpoint files makes that
+    checkpoint unusable (the chief removes it: the next saves reuse its name), and an unusable
+    state file is ignored (the checkpoints are found by name) and, by the chief, rewritten.
 
     Raises:
       util.FileFormatError: the run resumes but no checkpoint is usable (names --restart).
@@ -138,9 +222,17 @@ def _restore(checkpoint, folder):
                f"a better one replaces it)")
     if os.path.lexists(directory) and not os.path.isdir(directory):
         raise util.FileFormatError(f"{directory} is not a folder of checkpoints; {restart}.")
-    candidates = sorted(glob.glob(os.path.join(directory, "ckpt-*.index")),
-                        key=lambda p: int(p.rsplit("-", 1)[1].split(".")[0]), reverse=True)
+    numbered = [(int(match.group(1)), os.path.join(directory, name))
+                for name in (os.listdir(directory) if os.path.isdir(directory) else ())
+                for match in [_CHECKPOINT_INDEX.fullmatch(name)] if match]
+    candidates = [path for _, path in sorted(numbered, reverse=True)]
+    state_problem = _unusable_state_file(directory)
+    if state_problem:
+        print(f"Ignoring the checkpoints' state file ({state_problem}); finding the checkpoints "
+              f"by name.")
     if not candidates:
+        if state_problem and folder.chief:
+            _replace_state_file(directory, candidates, None)
         if folder.resuming and folder.best_files():
             raise util.FileFormatError(f"{folder.path} holds a run but no checkpoint to resume "
                                        f"it from; {restart}.")
@@ -148,6 +240,16 @@ def _restore(checkpoint, folder):
     reasons = []
     for index_file in candidates:
         path = index_file[:-len(".index")]
+        files = [index_file] + glob.glob(f"{glob.escape(path)}.data-*")
+        irregular = [(file, reason) for file in files for reason in [_irregular_file(file)]
+                     if reason]
+        if irregular:
+            reasons.append("; ".join(reason for _, reason in irregular))
+            if folder.chief:  # Else TensorFlow would fail (or hang) saving over that name.
+                for file, _ in irregular:
+                    if os.path.lexists(file) and not os.path.isdir(file):
+                        os.remove(file)
+            continue
         try:
             checkpoint.read(path).assert_existing_objects_matched()
         except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
@@ -155,6 +257,8 @@ def _restore(checkpoint, folder):
             continue
         if reasons:
             print(f"Checkpoint(s) unusable ({'; '.join(reasons)}); resuming from {path}.")
+        if state_problem and folder.chief:
+            _replace_state_file(directory, candidates, path)
         return path
     raise util.FileFormatError(f"No checkpoint in {directory} is usable ({'; '.join(reasons)}); "
                                f"{restart}.")
@@ -188,8 +292,20 @@ class _Checkpoints:
 
 
 def train(flags, config, objective, num_unrolls, strategy, folder):
-    """Meta-trains; returns the exit status (0, 1 after too many non-finite epochs, or the
-    signal's)."""
+    """Meta-trains; returns the exit status (0; 1 after too many non-finite epochs or when the
+    saved best optimizer is left damaged; or the signal's).
+
+    Raises:
+      util.FlagError: out of memory (the message names the flags to lower), or bad options.
+    """
+    try:
+        return _train(flags, config, objective, num_unrolls, strategy, folder)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as e:  # TensorFlow's, or the host's.
+        detail = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0]
+        raise util.FlagError(f"Out of memory ({detail[:120]}); lower {_MEMORY_FLAGS}.") from None
+
+
+def _train(flags, config, objective, num_unrolls, strategy, folder):
     tf.random.set_seed(flags.seed)  # The networks' initial weights.
     optimizer, minimize, evaluation, eval_batch = _build(flags, config, objective, strategy)
     state = _counters()
@@ -200,7 +316,10 @@ def train(flags, config, objective, num_unrolls, strategy, folder):
         restored = _restore(checkpoint, folder) if folder.resuming else None
         if folder.resuming:
             saved = folder.best_evaluation()
-            if saved is not None and saved[0] < state["best_evaluation"].numpy():
+            if folder.damaged_best:  # It bounds nothing: the next good evaluation replaces it.
+                state["best_evaluation"].assign(float("inf"))
+                state["best_epoch"].assign(0)
+            elif saved is not None and saved[0] < state["best_evaluation"].numpy():
                 state["best_evaluation"].assign(saved[0])
                 state["best_epoch"].assign(saved[1] or 0)
         if restored:
@@ -208,8 +327,7 @@ def train(flags, config, objective, num_unrolls, strategy, folder):
                   f"({restored}).")
             if int(state["epoch"]) >= flags.num_epochs:
                 print("The run is complete; raise --num_epochs to train it further.")
-                _summary(state, folder)
-                return 0
+                return _summary(state, folder)
         checkpoints = _Checkpoints(checkpoint, folder, minimize.variables)
         checkpoints.last_good = restored
     writer = _summary_writer(flags.logdir)
@@ -264,8 +382,7 @@ def train(flags, config, objective, num_unrolls, strategy, folder):
         if checkpoints:
             checkpoints.save()
         progress.clear()
-        _summary(state, folder)
-        return 0
+        return _summary(state, folder)
     except KeyboardInterrupt:
         progress.clear()
         print(f"Aborted; the last checkpoint "
@@ -343,12 +460,23 @@ def _evaluate(flags, evaluation, batch, optimizer, state, epoch, folder, checkpo
 
 
 def _summary(state, folder):
-    """The closing lines: the best evaluation, its loss, and where it is."""
+    """The closing lines: the best evaluation, its loss, and where it is; returns the exit
+    status (1: the saved best optimizer is damaged and no evaluation replaced it)."""
+    if folder and folder.damaged_best:
+        print(f"The best optimizer in {folder.path} is still damaged (see the warning above): no "
+              f"evaluation has replaced it yet; train further (--num_epochs, "
+              f"--evaluation_period) or pass --restart.")
+        return 1
     best = state["best_evaluation"].numpy()
     if not np.isfinite(best):
         print("No evaluation yet (see --evaluation_period); nothing kept as the best.")
-        return
-    where = (f"saved in {folder.path} ({', '.join(folder.best_files())})" if folder
-             else "not saved (no --save_path)")
+        return 0
+    if not folder:
+        where = "not saved (no --save_path)"
+    elif not folder.chief:
+        where = f"the chief saves it in {folder.path}"
+    else:
+        where = f"saved in {folder.path} ({', '.join(folder.best_files())})"
     print(f"Best evaluation: epoch {int(state['best_epoch'])}, mean final loss {best:.4g} "
           f"(log10 {np.log10(best):.2f}); {where}.")
+    return 0

@@ -113,19 +113,21 @@ class MultiWorkerTest(tf.test.TestCase):
         for returncode, out, err in outputs:
             self.assertEqual(returncode, 0, err[-3000:])
             self.assertIn("Epoch 4", out)
-        # The chief alone wrote the folder; the other worker's checkpoints went to its scratch.
+        # The chief alone wrote the folder.
         self.assertCountEqual([f for f in os.listdir(save_path) if not f.startswith(".")],
                               ["run.json", "best", "cw.l2l", "checkpoints"])
+        # The other worker's checkpoints went to a scratch folder, removed when it ended; it
+        # says it saved nothing itself.
+        self.assertEqual([d for d in os.listdir(os.path.join(tmp, "scratch1"))
+                          if d.startswith("l2l-worker-")], [])
+        self.assertIn(f"the chief saves it in {save_path}", outputs[1][1])
+        # The chief's weights are those of one process (so the all-reduced steps of both
+        # workers were the same).
         reference = self._reference(4)
         chief = _weights(os.path.join(save_path, "checkpoints"))
-        scratch = os.path.join(tmp, "scratch1")
-        other_dir = next(os.path.join(scratch, d) for d in os.listdir(scratch)
-                         if d.startswith("l2l-worker-"))
-        other = _weights(other_dir)
         self.assertEqual(sorted(chief), sorted(reference))
         for name in reference:
             self.assertAllClose(chief[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
-            self.assertAllEqual(other[name], chief[name], msg=name)
 
     def test_resumes_after_a_worker_is_killed(self):
         tmp = self.get_temp_dir()

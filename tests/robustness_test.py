@@ -1,12 +1,14 @@
 """Nothing lost, nothing hung, no traceback: crafted files, damaged runs and concurrent use.
 
-One test per class of defect: data loss (resume without checkpoint, two runs on one folder, the
-best set saved as one unit, atomic writes, a damaged best optimizer), non-finite values, crafted
-or damaged files (a table of headers and members loaded under a memory limit), non-regular
-files, damaged or unwritable checkpoints, damaged run records, gzip bombs, empty histories and
-flags out of bounds.
+One test per class of defect: data loss (resume without checkpoint, two runs on one folder and
+its lock file, the best set saved as one unit and what a killed save leaves, atomic writes, a
+damaged best optimizer or its metadata), non-finite values, crafted or damaged files (a table of
+headers, members and `.npy` headers loaded under a memory limit), non-regular files, damaged or
+unwritable checkpoints and their state file, damaged run records, gzip bombs, empty histories,
+flags out of bounds (memory), which errors are the user's, and a distributed run's folder.
 """
 
+import contextlib
 import gzip
 import io
 import json
@@ -16,13 +18,17 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import types
+from unittest import mock
 import zipfile
 
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
+import configs
 import datasets
 import meta
 import networks
@@ -45,6 +51,11 @@ def _env():
 def _run(script, *args, timeout=300):
     return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=REPO_ROOT,
                           env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _small_optimizer():
+    return meta.MetaOptimizer(cw={"net": "CoordinateWiseDeepLSTM",
+                                  "net_options": {"layers": (2,)}}, adam={"net": "Adam"})
 
 
 def _one_line_error(test, result, pattern):
@@ -88,6 +99,24 @@ class DataLossTest(tf.test.TestCase):
         again = _run("train.py", *RUN, "--num_epochs=1", f"--save_path={save_path}")
         self.assertNotIn("in use", again.stderr)
 
+    def test_2_a_lock_file_that_is_a_link_or_a_fifo_is_refused_and_nothing_written(self):
+        directory = self.get_temp_dir()
+        precious = os.path.join(directory, "precious")
+        with open(precious, "w") as f:
+            f.write("precious\n")
+        for name, make, kind in (("link", lambda lock: os.symlink(precious, lock),
+                                  "a symbolic link"),
+                                 ("fifo", os.mkfifo, r"a FIFO \(named pipe\)")):
+            path = os.path.join(directory, name)
+            os.makedirs(path)
+            make(os.path.join(path, run_folder.LOCK_FILE))
+            with self.assertRaisesRegex(util.FlagError, f"its lock file .*/.lock is {kind}, "
+                                        f"not a regular file; remove it"):
+                run_folder.RunFolder.open(path, {"problem": "quadratic"})
+            self.assertFalse(os.path.exists(os.path.join(path, run_folder.RUN_FILE)))
+        with open(precious) as f:
+            self.assertEqual(f.read(), "precious\n")  # Not truncated, no PID written into it.
+
     def test_3_the_best_set_switches_as_one_unit(self):
         folder = run_folder.RunFolder.open(os.path.join(self.get_temp_dir(), "set"),
                                            {"problem": "simple-multi"})
@@ -114,6 +143,40 @@ class DataLossTest(tf.test.TestCase):
         finally:
             folder.close()
 
+    def test_3_what_a_killed_save_left_is_removed_and_nothing_else(self):
+        path = os.path.join(self.get_temp_dir(), "leftovers")
+        folder = run_folder.RunFolder.open(path, {"problem": "simple-multi"})
+        optimizer = _small_optimizer()
+        try:
+            folder.save_best(optimizer, 1, {"run_id": folder.run_id, "evaluation": 2.0})
+            folder.save_best(optimizer, 2, {"run_id": folder.run_id, "evaluation": 1.0})
+            current = os.readlink(os.path.join(path, run_folder.BEST_LINK))
+            self.assertCountEqual(os.listdir(path), [".lock", "run.json", "best", current,
+                                                     "cw.l2l", "adam.l2l"])
+        finally:
+            folder.close()
+        # A kill at each step of a save: a new set not switched in, its temporary link, the
+        # temporary files of util.atomic_write; and the user's own files of similar names.
+        ours = [".best-000003-0123abcd", "best.tmp-89abcdef", "cw.l2l.tmp-01234567",
+                util.TEMP_PREFIX + "link0123", util.TEMP_PREFIX + "x1_y2"]
+        users = [".best-notes", "best.tmp-mine", "notes.tmp", ".best-3-old"]
+        os.mkdir(os.path.join(path, ours[0]))
+        os.symlink(ours[0], os.path.join(path, ours[1]))
+        os.symlink("best/cw.l2l", os.path.join(path, ours[2]))
+        os.symlink(ours[0], os.path.join(path, ours[3]))
+        with open(os.path.join(path, ours[4]), "w") as f:
+            f.write("partial")
+        for name in users:
+            os.mkdir(os.path.join(path, name)) if name.startswith(".best") else open(
+                os.path.join(path, name), "w").close()
+        folder = run_folder.RunFolder.open(path, {"problem": "simple-multi"})
+        try:
+            self.assertCountEqual(os.listdir(path), [".lock", "run.json", "best", current,
+                                                     "cw.l2l", "adam.l2l"] + users)
+            self.assertEqual(folder.best_evaluation(), (1.0, None))
+        finally:
+            folder.close()
+
     def test_4_atomic_write_replaces_regular_files_only_and_follows_links(self):
         directory = self.get_temp_dir()
         fifo = os.path.join(directory, "fifo")
@@ -131,23 +194,91 @@ class DataLossTest(tf.test.TestCase):
         util.atomic_write(link, b"new")
         self.assertTrue(os.path.islink(link))
         self.assertEqual(open(target).read(), "new")
+        # The replaced file keeps its mode; a missing folder is made on request, and a file in
+        # the way of one is named.
+        os.chmod(target, 0o640)
+        util.atomic_write(target, b"newer")
+        self.assertEqual(stat.S_IMODE(os.stat(target).st_mode), 0o640)
+        nested = os.path.join(directory, "a", "b", "h.csv")
+        util.atomic_write(nested, b"x", create_folder=True)
+        self.assertEqual(open(nested).read(), "x")
+        for create_folder in (False, True):
+            with self.assertRaisesRegex(util.FileFormatError, r"Cannot write history file "
+                                        r".*target.csv/h.csv: .*target.csv is a regular file, "
+                                        r"not a folder; choose another path"):
+                util.atomic_write(os.path.join(target, "h.csv"), b"x", what="history file",
+                                  create_folder=create_folder)
+        self.assertFalse([f for f in os.listdir(directory) if f.startswith(util.TEMP_PREFIX)])
         result = _run("evaluate.py", "--problem=simple", "--optimizer=SGD", "--num_epochs=1",
                       "--num_steps=2", "--history_path=/dev/null")
         _one_line_error(self, result, r"Cannot write history file /dev/null: it is a device")
 
-    def test_5_a_damaged_best_optimizer_is_reported_and_replaced(self):
+    def test_5_a_damaged_best_optimizer_is_reported_and_replaced_whatever_its_value(self):
+        # At this learning rate the evaluation after the first is worse: only because the damaged
+        # best bounds nothing does it replace it.
+        args = [*RUN[:-4], "--learning_rate=0.1", "--evaluation_period=1", "--mode=graph"]
         save_path = os.path.join(self.get_temp_dir(), "damaged_best")
-        self.assertEqual(_run("train.py", *RUN, "--num_epochs=2",
+        self.assertEqual(_run("train.py", *args, "--num_epochs=1",
                               f"--save_path={save_path}").returncode, 0)
+        first = weights_file.load(os.path.join(save_path, "cw.l2l")).metadata["evaluation"]
         best = os.path.realpath(os.path.join(save_path, "cw.l2l"))
         with open(best, "r+b") as f:
             f.truncate(100)
-        result = _run("train.py", *RUN, "--num_epochs=4", f"--save_path={save_path}")
+        result = _run("train.py", *args, "--num_epochs=2", f"--save_path={save_path}")
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn("the saved best optimizer is unreadable", result.stdout)
+        self.assertIn("the saved best optimizer is damaged", result.stdout)
         self.assertIn("the next evaluation will replace it", result.stdout)
-        saved = weights_file.load(os.path.join(save_path, "cw.l2l"))
-        self.assertEqual(saved.metadata["epoch"], 4)
+        saved = weights_file.load(os.path.join(save_path, "cw.l2l")).metadata
+        self.assertEqual(saved["epoch"], 2)
+        self.assertGreater(saved["evaluation"], first)
+        self.assertIn("Best evaluation: epoch 2,", result.stdout)
+
+    def test_5_a_damaged_best_left_so_is_said_and_exits_1(self):
+        import training  # pylint: disable=import-outside-toplevel
+        folder = run_folder.RunFolder.open(os.path.join(self.get_temp_dir(), "left"), {})
+        try:
+            folder.save_best(_small_optimizer(), 1, {"run_id": folder.run_id, "evaluation": 2.0,
+                                                     "epoch": 1})
+            with open(os.path.join(folder.path, "cw.l2l"), "r+b") as f:
+                f.truncate(100)
+            state = training._counters()
+            state["best_evaluation"].assign(1.0)  # What the checkpoint says; the file is gone.
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                self.assertIsNone(folder.best_evaluation())
+                self.assertEqual(training._summary(state, folder), 1)
+            self.assertRegex(output.getvalue(), r"is still damaged .*train further "
+                                                r"\(--num_epochs, --evaluation_period\)")
+            self.assertNotIn("saved in", output.getvalue())
+        finally:
+            folder.close()
+
+
+class BestMetadataTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters(("abc", 1), (float("nan"), 1), (True, 1), ([1.0], 1),
+                              (1.0, "x"), (1.0, -1), (1.0, 2.5), (1.0, True))
+    def test_8_bad_metadata_of_this_run_makes_the_best_damaged(self, evaluation, epoch):
+        folder = run_folder.RunFolder.open(os.path.join(self.get_temp_dir(), "meta"), {})
+        try:
+            optimizer = _small_optimizer()
+            folder.save_best(optimizer, 1, {"run_id": folder.run_id, "evaluation": evaluation,
+                                            "epoch": epoch})
+            with contextlib.redirect_stdout(io.StringIO()) as output:
+                self.assertIsNone(folder.best_evaluation())
+            self.assertRegex(folder.damaged_best, r"records evaluation .* at epoch .*, not a "
+                                                  r"finite loss at an epoch")
+            self.assertIn("the next evaluation will replace it", output.getvalue())
+            folder.save_best(optimizer, 2, {"run_id": folder.run_id, "evaluation": 0.5,
+                                            "epoch": 3})
+            self.assertIsNone(folder.damaged_best)
+            self.assertEqual(folder.best_evaluation(), (0.5, 3))
+            # Another run's files bound nothing, and are not damaged either.
+            folder.run_id = "another"
+            self.assertIsNone(folder.best_evaluation())
+            self.assertIsNone(folder.damaged_best)
+        finally:
+            folder.close()
 
 
 class NonFiniteTest(tf.test.TestCase, parameterized.TestCase):
@@ -227,46 +358,94 @@ def _deep(depth):
     return "[" * depth + "]" * depth
 
 
+def _npy_header_bomb(good, declared=200 * 2**20):
+    """A `.npy` member whose header says it is `declared` bytes long, and is (spaces, deflated to
+    a few hundred kB): numpy's reader would allocate and tokenize all of it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("__header__.json", _header())
+        for name, data in good.items():
+            if name != "linear/b.npy":
+                archive.writestr(name, data)
+        with archive.open("linear/b.npy", "w") as member:
+            member.write(b"\x93NUMPY\x02\x00" + declared.to_bytes(4, "little"))
+            chunk = b" " * 2**20
+            for _ in range(declared // len(chunk)):
+                member.write(chunk)
+    return buffer.getvalue()
+
+
+READER, NETWORK = "reader", "network"  # Which check refuses a crafted file.
+
+
 def _crafted():
-    """`(name, bytes, expected message)` of crafted and damaged optimizer files."""
+    """`(name, bytes, expected message, refused by)` of crafted and damaged optimizer files.
+
+    READER cases never get past `weights_file.load`; NETWORK cases are well-formed files whose
+    options or weights do not make a network, refused by `networks.factory`.
+    """
     good = {f"{layer}/{name}.npy": _npy(value) for layer, variables in
             networks.CoordinateWiseDeepLSTM(layers=(2,)).get_weights().items()
             for name, value in variables.items()}
     huge_npy = _npy(np.zeros(1, np.float32)).replace(b"(1,)", b"(1000000000000,)")
+    # What numpy's tokenizer cannot read: an unterminated expression (and code, never run).
+    bad_npy_header = b"\x93NUMPY\x01\x00\x10\x00{'descr': __import__('os').system('true')}"
+
+    def options(**net_options):
+        return _zip({"__header__.json": _header(net_options={"layers": [2], **net_options}),
+                     **good})
+
     return [
-        ("header_list", _zip({"__header__.json": "[1, 2]", **good}), "its header is a list"),
-        ("header_null", _zip({"__header__.json": "null", **good}), "its header is a NoneType"),
-        ("header_number", _zip({"__header__.json": "3", **good}), "its header is a int"),
-        ("header_deep", _zip({"__header__.json": _deep(100000), **good}), "nested too deeply"),
+        ("header_list", _zip({"__header__.json": "[1, 2]", **good}), "its header is a list",
+         READER),
+        ("header_null", _zip({"__header__.json": "null", **good}), "its header is a NoneType",
+         READER),
+        ("header_number", _zip({"__header__.json": "3", **good}), "its header is a int", READER),
+        ("header_deep", _zip({"__header__.json": _deep(100000), **good}), "nested too deeply",
+         READER),
         ("net_dict", _zip({"__header__.json": _header(net={"a": 1}), **good}),
-         "header field 'net' is a dict"),
+         "header field 'net' is a dict", READER),
         ("options_null", _zip({"__header__.json": _header(net_options=None), **good}),
-         "header field 'net_options' is a NoneType"),
+         "header field 'net_options' is a NoneType", READER),
         ("options_string", _zip({"__header__.json": _header(net_options="abc"), **good}),
-         "header field 'net_options' is a str"),
+         "header field 'net_options' is a str", READER),
         ("options_missing", _zip({"__header__.json": json.dumps(
             {"format": "l2l-weights", "version": 2, "net": "CoordinateWiseDeepLSTM"}), **good}),
-         "its header has no 'net_options'"),
+         "its header has no 'net_options'", READER),
         ("metadata_int", _zip({"__header__.json": _header(metadata=3), **good}),
-         "header field 'metadata' is a int"),
+         "header field 'metadata' is a int", READER),
+        ("version_true", _zip({"__header__.json": _header(version=True), **good}),
+         r"version True; this code reads 'l2l-weights' versions \[1, 2\]", READER),
+        ("version_float", _zip({"__header__.json": _header(version=2.0), **good}),
+         r"version 2.0; this code reads", READER),
         ("layers_float", _zip({"__header__.json": _header(net_options={"layers": [2.5]}),
-                               **good}), "layers must be whole numbers"),
+                               **good}), "layers must be whole numbers", NETWORK),
         ("layers_huge", _zip({"__header__.json": _header(net_options={"layers": [10000, 10000]}),
-                              **good}), r"layers must lie in \[1, 4096\]"),
-        ("unknown_option", _zip({"__header__.json": _header(net_options={"layers": [2],
-                                                                         "colour": 1}), **good}),
-         "unexpected keyword argument 'colour'"),
-        ("string_scale", _zip({"__header__.json": _header(net_options={"layers": [2],
-                                                                       "scale": "big"}),
-                               **good}), "scale must be a finite number"),
-        ("weights_missing", _zip({"__header__.json": _header()}), r"holds weights \{\}"),
+                              **good}), r"layers must lie in \[1, 4096\]", NETWORK),
+        ("unknown_option", options(colour=1), "unexpected keyword argument 'colour'", NETWORK),
+        ("string_scale", options(scale="big"), "scale must be a finite number", NETWORK),
+        ("dtype_option", options(dtype="float64"), "dtype 'float64' is not an option of "
+         "optimizer files or --net_options", NETWORK),
+        ("clamp_string", options(preprocess_name="Clamp", preprocess_options={"min_value": "a"}),
+         "min_value must be a finite number, got 'a'", NETWORK),
+        ("clamp_reversed", options(preprocess_name="Clamp",
+                                   preprocess_options={"min_value": 1, "max_value": -1}),
+         "Clamp needs min_value <= max_value", NETWORK),
+        ("weights_missing", _zip({"__header__.json": _header()}), r"holds weights \{\}", NETWORK),
         ("huge_member", _zip({"__header__.json": _header(), **good,
-                              "linear/b.npy": huge_npy}), r"declares shape \(1000000000000,\)"),
+                              "linear/b.npy": huge_npy}), r"declares shape \(1000000000000,\)",
+         READER),
         ("bomb", _zip({"__header__.json": _header(), **good,  # 100 kB inflating to 100 MB.
                        "linear/w.npy": _npy(np.zeros((2, 1), np.float32)) + b"\0" * 10**8},
-                      zipfile.ZIP_DEFLATED), r"declares shape \(2, 1\) but holds 100000008 bytes"),
-        ("not_zip", b"PK\x03\x04garbage", "damaged optimizer file"),
-        ("pickle_code", b"\x80\x04cos\nsystem\n.", "not a safe legacy .l2l file"),
+                      zipfile.ZIP_DEFLATED), r"declares shape \(2, 1\) but holds 100000008 bytes",
+         READER),
+        ("npy_header_bomb", _npy_header_bomb(good),
+         r"linear/b.npy declares a .npy header of 209715200 bytes", READER),
+        ("npy_bad_header", _zip({"__header__.json": _header(), **good,
+                                 "linear/b.npy": bad_npy_header}),
+         r"linear/b.npy has an unreadable .npy header \(SyntaxError\)", READER),
+        ("not_zip", b"PK\x03\x04garbage", "damaged optimizer file", READER),
+        ("pickle_code", b"\x80\x04cos\nsystem\n.", "not a safe legacy .l2l file", READER),
     ]
 
 
@@ -295,7 +474,7 @@ class CraftedFilesTest(tf.test.TestCase):
         directory = self.get_temp_dir()
         cases = _crafted()
         paths = []
-        for name, data, _ in cases:
+        for name, data, _, _ in cases:
             paths.append(os.path.join(directory, f"{name}.l2l"))
             with open(paths[-1], "wb") as f:
                 f.write(data)
@@ -304,20 +483,42 @@ class CraftedFilesTest(tf.test.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
         lines = result.stdout.splitlines()
         self.assertLess(int(lines[-1].split()[1]), 300 * 1024)  # Peak RSS under 300 MiB.
-        for line in lines[:-1]:
-            self.assertTrue(line.startswith(("REFUSED", "LOADED")) and line.endswith(
-                ("0", ".l2l")), line)
-        # What the reader lets through, the network checks: every case is one clear error.
-        for (name, _, message), path in zip(cases, paths):
+        # The reader refuses its cases in one line (no newline in the message) and reads the
+        # well-formed files whose networks the options cannot make.
+        expected = [f"REFUSED {path} 0" if refused_by == READER else f"LOADED {path}"
+                    for (_, _, _, refused_by), path in zip(cases, paths)]
+        self.assertEqual(lines[:-1], expected)
+        # Every case is one clear error from the network's loader.
+        for (name, _, message, _), path in zip(cases, paths):
             with self.assertRaisesRegex(util.WeightsFileError, message, msg=name) as caught:
                 networks.factory("CoordinateWiseDeepLSTM", net_path=path)
             self.assertNotIn("\n", str(caught.exception))
         # And from the command line: one line, exit 1.
-        for name in ("header_list", "layers_huge", "huge_member"):
+        messages = {name: message for name, _, message, _ in cases}
+        for name in ("layers_huge", "huge_member", "npy_header_bomb"):
             result = _run("evaluate.py", "--problem=quadratic", "--num_epochs=1",
                           "--num_steps=2", f"--path={directory}/{name}.l2l",
                           f"--history_path={directory}/h.csv")
-            _one_line_error(self, result, dict((n, m) for n, _, m in cases)[name])
+            _one_line_error(self, result, messages[name])
+        result = _run("convert.py", f"--path={directory}/npy_bad_header.l2l",
+                      f"--output_dir={directory}/converted")
+        _one_line_error(self, result, messages["npy_bad_header"])
+        self.assertFalse(os.path.exists(f"{directory}/converted"))
+
+    def test_7_a_dtype_is_chosen_in_code_never_by_a_file(self):
+        path = os.path.join(self.get_temp_dir(), "cw.l2l")
+        single = networks.CoordinateWiseDeepLSTM(layers=(2,))
+        networks.save(single, path)
+        double = networks.factory("CoordinateWiseDeepLSTM", {"dtype": tf.float64}, path)
+        gradient = tf.constant([0.5, -1.0, 2.0], tf.float64)
+        step = double.update(gradient, double.initial_state_for_inputs(gradient)).step
+        gradient = tf.cast(gradient, tf.float32)
+        expected = single.update(gradient, single.initial_state_for_inputs(gradient)).step
+        self.assertEqual(step.dtype, tf.float64)
+        self.assertAllClose(step, expected, rtol=1e-6)
+        self.assertNotIn("dtype", weights_file.load(path).net_options)
+        with self.assertRaisesRegex(util.OptionError, "dtype 'float64' is not an option"):
+            networks.CoordinateWiseDeepLSTM(layers=(2,), dtype="float64")
 
     def test_11_non_regular_files_are_refused_without_blocking(self):
         directory = self.get_temp_dir()
@@ -332,7 +533,103 @@ class CraftedFilesTest(tf.test.TestCase):
             util.read_file(fifo)
 
 
-class CheckpointTest(tf.test.TestCase):
+def _in_thread(test, function, timeout=60):
+    """`function()` in a thread: a read that blocks (on a FIFO) fails the test, not the suite."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except Exception as e:  # pylint: disable=broad-except
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    test.assertFalse(thread.is_alive(), "blocked (reading a FIFO?)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# How each damage to a folder of two checkpoints (ckpt-1 holds 1.0, ckpt-2 2.0) is survived:
+# `(name, damage(directory), checkpoint restored, what is said, what the manager then keeps)`.
+def _fifo_instead(name):
+    def damage(directory):
+        os.remove(os.path.join(directory, name))
+        os.mkfifo(os.path.join(directory, name))
+    return damage
+
+
+def _write(name, data):
+    def damage(directory):
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+    return damage
+
+
+def _zero_state(directory):
+    os.remove(os.path.join(directory, "checkpoint"))
+    os.symlink("/dev/zero", os.path.join(directory, "checkpoint"))
+
+
+def _stray_index(directory):
+    shutil.copy(os.path.join(directory, "ckpt-2.index"), os.path.join(directory,
+                                                                       "ckpt-backup.index"))
+
+
+_BOTH = ["ckpt-1", "ckpt-2"]
+_CHECKPOINT_DAMAGE = [
+    ("index_fifo", _fifo_instead("ckpt-2.index"), 1,
+     r"unusable \(ckpt-2.index is a FIFO \(named pipe\), not a regular file\)", _BOTH),
+    ("data_fifo", _fifo_instead("ckpt-2.data-00000-of-00001"), 1,
+     r"ckpt-2.data-00000-of-00001 is a FIFO \(named pipe\)", _BOTH),
+    ("state_fifo", _fifo_instead("checkpoint"), 2, r"Ignoring the checkpoints' state file "
+     r"\(Checkpoint state file .* is a FIFO \(named pipe\), not a regular file.\); finding",
+     _BOTH),
+    ("state_empty", _write("checkpoint", b""), 2, r"Ignoring .* \(Invalid checkpoint state",
+     _BOTH),
+    ("state_zero", _zero_state, 2, r"Ignoring .* is a device, not a regular file", _BOTH),
+    ("state_and_index_fifo", lambda directory: [_fifo_instead(name)(directory) for name in (
+        "checkpoint", "ckpt-2.index")], 1, r"Ignoring .*\n.*unusable \(ckpt-2.index is a FIFO",
+     ["ckpt-1"]),
+    ("stray_index", _stray_index, 2, r"^$", _BOTH),
+]
+
+
+class CheckpointTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.named_parameters(*_CHECKPOINT_DAMAGE)
+    def test_5_6_non_regular_checkpoint_files_and_a_bad_state_file(self, damage, restored,
+                                                                   said, kept):
+        import training  # pylint: disable=import-outside-toplevel
+        folder = run_folder.RunFolder.open(os.path.join(self.get_temp_dir(), "ckpt"), {})
+        try:
+            variable = tf.Variable(0.0)
+            checkpoint = tf.train.Checkpoint(v=variable)
+            manager = tf.train.CheckpointManager(checkpoint, folder.checkpoint_dir, max_to_keep=2)
+            for value in (1.0, 2.0):
+                variable.assign(value)
+                manager.save()
+            variable.assign(0.0)
+            damage(folder.checkpoint_dir)
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                path = _in_thread(self, lambda: training._restore(checkpoint, folder))
+            self.assertEqual(os.path.basename(path), f"ckpt-{restored}")
+            self.assertEqual(variable.numpy(), float(restored))
+            self.assertRegex(output.getvalue().strip(), said)
+            # What the run's own manager then reads: a regular state file listing the
+            # checkpoints found (so that it deletes them in their turn), no FIFO left.
+            manager = _in_thread(self, lambda: tf.train.CheckpointManager(
+                checkpoint, folder.checkpoint_dir, max_to_keep=2))
+            self.assertEqual([os.path.basename(p) for p in manager.checkpoints], kept)
+            for name in os.listdir(folder.checkpoint_dir):
+                self.assertTrue(os.path.isfile(os.path.join(folder.checkpoint_dir, name)), name)
+            # The next save follows the restored one (over the name of a damaged newer one).
+            self.assertEqual(os.path.basename(manager.save()), f"ckpt-{restored + 1}")
+        finally:
+            folder.close()
 
     def _run_with_checkpoints(self, name, epochs=3):
         save_path = os.path.join(self.get_temp_dir(), name)
@@ -380,6 +677,35 @@ class CheckpointTest(tf.test.TestCase):
                 checkpoints.save()
         finally:
             folder.close()
+
+
+class DistributedFolderTest(tf.test.TestCase):
+
+    def test_13_a_worker_follows_restart_and_leaves_no_scratch_folder(self):
+        import training  # pylint: disable=import-outside-toplevel
+        path = os.path.join(self.get_temp_dir(), "cluster")
+        chief = run_folder.RunFolder.open(path, {"problem": "quadratic"})
+        chief.close()
+        for restart, resuming, run_id in ((True, False, None), (False, True, chief.run_id)):
+            worker = run_folder.RunFolder.open(path, {"problem": "quadratic"}, restart=restart,
+                                               chief=False)
+            scratch = worker.checkpoint_write_dir
+            try:
+                self.assertEqual((worker.resuming, worker.run_id), (resuming, run_id))
+                self.assertNotEqual(scratch, worker.checkpoint_dir)
+                self.assertTrue(os.path.isdir(scratch))
+                state = training._counters()
+                state["best_evaluation"].assign(0.5)
+                with contextlib.redirect_stdout(io.StringIO()) as output:
+                    self.assertEqual(training._summary(state, worker), 0)
+                self.assertIn(f"the chief saves it in {path}.", output.getvalue())
+                self.assertNotIn("saved in", output.getvalue())
+                self.assertEqual(worker.save_best(_small_optimizer(), 1, {}), [])
+            finally:
+                worker.close()
+            self.assertFalse(os.path.exists(scratch))
+        # The worker changed nothing in the chief's folder.
+        self.assertCountEqual(os.listdir(path), [".lock", "run.json"])
 
 
 class RunRecordTest(tf.test.TestCase, parameterized.TestCase):
@@ -436,6 +762,56 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
     )
     def test_17_flags_out_of_bounds_are_one_line_naming_the_flag(self, args, message):
         _one_line_error(self, _run("train.py", *args), message)
+
+    def test_17_an_unroll_too_long_for_memory_is_refused_before_the_folder_changes(self):
+        import training  # pylint: disable=import-outside-toplevel
+        training.check_flags(types.SimpleNamespace(unroll_length=training.MAX_UNROLL_LENGTH))
+        save_path = os.path.join(self.get_temp_dir(), "long")
+        _one_line_error(self, _run("train.py", "--problem=quadratic", "--num_steps=10000",
+                                   "--unroll_length=10000", f"--save_path={save_path}"),
+                        r"--unroll_length=10000 is more than the 200 steps a meta-gradient can "
+                        r"keep in memory")
+        self.assertFalse(os.path.exists(save_path))
+
+    def test_17_running_out_of_memory_is_one_line_naming_the_flags_to_lower(self):
+        import training  # pylint: disable=import-outside-toplevel
+        for error in (tf.errors.ResourceExhaustedError(
+                None, None, "Out of memory while trying to allocate 3.91GiB.\nmore"),
+                      MemoryError("std::bad_alloc")):
+            with mock.patch.object(training, "_train", side_effect=error):
+                with self.assertRaisesRegex(util.FlagError, r"^Out of memory \((Out of memory "
+                                            r"while trying to allocate 3.91GiB.|std::bad_alloc)"
+                                            r"\); lower --unroll_length, --meta_batch_size or "
+                                            r"the layers of --net_options.$"):
+                    training.train(None, None, None, None, None, None)
+
+    def _build(self, net_options):
+        import training  # pylint: disable=import-outside-toplevel
+        flags = types.SimpleNamespace(
+            which_aml="L2L", fixed_lambda=0.01, lambda_mode="per_coordinate", lambda_max=0.1,
+            net_options=net_options, initial_path=None, meta_batch_size=1, strategy="none",
+            problem="quadratic", data_dir=None, unroll_length=2, learning_rate=0.001,
+            second_derivatives=False, state_reset_period=0, mode="graph", num_steps=4)
+        return training._build(flags, configs.get_config("quadratic"), "train", None)
+
+    def test_17_14_network_options_are_the_users_errors_and_bugs_keep_their_traceback(self):
+        for options, message in (
+                ('{"layers": [4096, 4096]}', r"Network 'cw' would have 67125248 weights in "
+                                             r"lstm_1/w_gates, more than the 16777216 an "
+                                             r"optimizer file holds in one array"),
+                ('{"layers": [0]}', r"layers must lie in \[1, 4096\]"),
+                ('{"dtype": "float64"}', r"dtype 'float64' is not an option of optimizer files "
+                                         r"or --net_options"),
+                ('{"preprocess_name": "Clamp", "preprocess_options": {"min_value": "a"}}',
+                 r"min_value must be a finite number")):
+            with self.assertRaisesRegex(util.FlagError, rf"^The optimizer's options are invalid "
+                                        rf"\({message}.*\); check --net_options"):
+                self._build(options)
+        # A ValueError that is not an option check is a bug: it stays a ValueError (traceback).
+        with mock.patch.object(meta, "MetaOptimizer", side_effect=ValueError("a bug")):
+            with self.assertRaises(ValueError) as caught:
+                self._build(None)
+        self.assertNotIsInstance(caught.exception, util.UserError)
 
     def test_17_logdir_naming_a_file(self):
         blocker = os.path.join(self.get_temp_dir(), "file")
