@@ -5,14 +5,17 @@
     python plot.py --histories=... --table
 
 The plot shows, per optimizer, the mean loss at every step (log scale) and a band from the 25th
-to the 75th percentile over epochs; `.pdf` or `.svg` outputs are vector graphics, other names a
-200 dpi PNG. The table gives the mean loss at step 100 and at the last step with its standard
-error, then each optimizer against the best hand-designed one on the same epochs: the mean of
-the paired differences and its standard error (the histories of one `--seed` start from the same
-networks and see the same batches, so the pairs share their luck).
+to the 75th percentile over epochs; `.pdf` or `.svg` outputs are vector graphics, other names
+(with or without a suffix) a 200 dpi PNG, written to exactly that name and atomically. Steps
+where the mean is not a finite positive number (an optimizee that diverged) are left out of the
+curve, and a history with no such step is left out of the plot with a note. The table gives the
+mean loss at step 100 and at the last step with its standard error (none for one epoch), then
+each optimizer against the best hand-designed one on the same epochs: the mean of the paired
+differences and its standard error (the histories of one `--seed` start from the same networks
+and see the same batches, so the pairs share their luck).
 """
 
-import os
+import io
 import re
 import sys
 
@@ -20,6 +23,7 @@ from absl import flags
 import numpy as np
 
 import cli
+import configs
 import util
 
 FLAGS = flags.FLAGS
@@ -29,7 +33,7 @@ flags.DEFINE_string("output", None, "File to write the plot to: .pdf or .svg (ve
 flags.DEFINE_string("title", None, "Title of the plot (default: from the histories' settings).")
 flags.DEFINE_boolean("table", False, "Print a Markdown table of the mean losses instead.")
 
-BASELINES = ("Adam", "RMSprop", "SGD", "NAG")
+BASELINES = configs.BASELINES
 # Okabe and Ito's colour-blind-safe palette; each curve also has its own line style.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
            "#F0E442")
@@ -41,18 +45,27 @@ def fields_of(header):
     return dict(re.findall(r"(\w+)=(\S+)", header))
 
 
+def _number(text):
+    """`0.03` for a header's `3e-2`; a value that is not a number as it is."""
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        return text
+
+
 def label(header):
     """What the optimizer is, for a legend: `L2L (LSTM)`, `Adam lr 0.03`, `learned lambda`."""
     fields = fields_of(header)
     name = fields.get("optimizer", "?")
     untrained = " (untrained)" if fields.get("path") == "None" else ""
     if name in BASELINES and "learning_rate" in fields:
-        return f"{name} lr {float(fields['learning_rate']):g}"
+        return f"{name} lr {_number(fields['learning_rate'])}"
     if name == "L2L":
         return f"L2L (LSTM){untrained}"
     if name == "fixed":
         value = fields.get("fixed_lambda")
-        return f"fixed lambda {float(value):g}{untrained}" if value else f"fixed lambda{untrained}"
+        return (f"fixed lambda {_number(value)}{untrained}" if value
+                else f"fixed lambda{untrained}")
     if name == "learned":
         return f"learned lambda{untrained}"
     return name
@@ -76,31 +89,75 @@ def same_epochs(fields, other):
                for key, default in (("problem", None), ("seed", None), ("split", "test")))
 
 
+def _mean_and_error(values):
+    """Mean and standard error over epochs (error None for one epoch or a non-finite mean)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # Diverged epochs: inf, said as such.
+        mean = float(np.mean(values))
+        if len(values) < 2 or not np.isfinite(mean):
+            return mean, None
+        return mean, float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
 def summary(losses, step):
     """Mean and standard error over epochs of the loss after `step` (1-based)."""
-    column = losses[:, step - 1]
-    return float(np.mean(column)), float(np.std(column, ddof=1) / np.sqrt(len(column)))
+    return _mean_and_error(losses[:, step - 1])
 
 
 def paired(losses, reference, step):
     """Mean and standard error of the paired differences `losses - reference` after `step`."""
-    difference = losses[:, step - 1] - reference[:, step - 1]
-    return (float(np.mean(difference)),
-            float(np.std(difference, ddof=1) / np.sqrt(len(difference))))
+    with np.errstate(invalid="ignore"):
+        return _mean_and_error(losses[:, step - 1] - reference[:, step - 1])
+
+
+def _plus_minus(mean, error, digits, sign=""):
+    """`0.123 ± 0.004`; the mean alone without an error (one epoch, or diverged)."""
+    text = f"{mean:{sign}.{digits}f}"
+    return text if error is None else f"{text} ± {error:.{digits}f}"
+
+
+def _plottable(losses):
+    """The mean loss at every step, NaN where it is not a finite positive number (log scale)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = np.mean(losses, axis=0)
+    return np.where(np.isfinite(mean) & (mean > 0), mean, np.nan)
+
+
+# What the output's suffix asks matplotlib for; any other name is a PNG.
+_VECTOR_FORMATS = {".pdf": "pdf", ".svg": "svg"}
 
 
 def plot(histories, labels, output, plot_title):
+    """Writes the figure to `output` atomically; returns the notes on histories left out.
+
+    Raises:
+      util.FileFormatError: no history has a step to plot, or `output` cannot be written.
+    """
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")  # Files only: no display needed.
     from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
 
     figure, axes = pyplot.subplots(figsize=(6.4, 4.2))
+    notes, plotted = [], 0
     for i, ((_, losses), name) in enumerate(zip(histories, labels)):
+        mean = _plottable(losses)
+        if np.all(np.isnan(mean)):
+            diverged = int(np.sum(~np.all(np.isfinite(losses), axis=1)))
+            notes.append(f"{name}: no step with a finite positive mean loss ({diverged} of "
+                         f"{len(losses)} epochs diverged); left out of the plot.")
+            continue
+        plotted += 1
         steps = np.arange(1, losses.shape[1] + 1)
-        low, high = np.percentile(losses, [25, 75], axis=0)
+        with np.errstate(invalid="ignore"):
+            low, high = np.percentile(losses, [25, 75], axis=0)
         colour, style = COLOURS[i % len(COLOURS)], STYLES[i % len(STYLES)]
-        axes.plot(steps, np.mean(losses, axis=0), label=name, color=colour, linestyle=style)
-        axes.fill_between(steps, low, high, alpha=0.15, color=colour)
+        axes.plot(steps, mean, label=name, color=colour, linestyle=style)
+        band = np.isfinite(low) & np.isfinite(high) & (low > 0)
+        axes.fill_between(steps, np.where(band, low, np.nan), np.where(band, high, np.nan),
+                          alpha=0.15, color=colour)
+    if not plotted:
+        pyplot.close(figure)
+        raise util.FileFormatError("Nothing to plot: no history has a step with a finite "
+                                   "positive mean loss (every optimizee diverged); see --table.")
     axes.set_yscale("log")
     axes.set_xlabel("optimizee step")
     axes.set_ylabel("loss (mean; band: 25th to 75th percentile)")
@@ -108,10 +165,13 @@ def plot(histories, labels, output, plot_title):
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    vector = output.lower().endswith((".pdf", ".svg"))
-    figure.savefig(output, dpi=None if vector else 200)
+    suffix = re.search(r"\.[^./]*$", output)
+    image_format = _VECTOR_FORMATS.get(suffix.group().lower() if suffix else None, "png")
+    image = io.BytesIO()
+    figure.savefig(image, format=image_format, dpi=None if image_format != "png" else 200)
     pyplot.close(figure)
+    util.atomic_write(output, image.getvalue(), what="plot", create_folder=True)
+    return notes
 
 
 def table(histories, labels):
@@ -119,16 +179,16 @@ def table(histories, labels):
     lines = ["| optimizer | epochs | loss at step 100 | loss at the last step |",
              "| --- | --- | --- | --- |"]
     for (_, losses), name in zip(histories, labels):
-        at_100 = ("{:.3f} ± {:.3f}".format(*summary(losses, 100))
-                  if losses.shape[1] >= 100 else "n/a")
-        last = "{:.3f} ± {:.3f} (step {})".format(*summary(losses, losses.shape[1]),
-                                                   losses.shape[1])
+        at_100 = (_plus_minus(*summary(losses, 100), 3) if losses.shape[1] >= 100 else "n/a")
+        last = f"{_plus_minus(*summary(losses, losses.shape[1]), 3)} (step {losses.shape[1]})"
         lines.append(f"| {name} | {losses.shape[0]} | {at_100} | {last} |")
     baselines = [i for i, (header, _) in enumerate(histories)
                  if fields_of(header).get("optimizer") in BASELINES]
     if not baselines:
         return lines
-    best = min(baselines, key=lambda i: np.mean(histories[i][1][:, -1]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        best = min(baselines, key=lambda i: np.nan_to_num(np.mean(histories[i][1][:, -1]),
+                                                          nan=np.inf))
     reference_header, reference = histories[best]
     pairable = [i for i, (header, losses) in enumerate(histories)
                 if i != best and losses.shape == reference.shape
@@ -141,11 +201,12 @@ def table(histories, labels):
               "| --- | --- | --- | --- |"]
     for i in pairable:
         losses = histories[i][1]
-        at_100 = ("{:+.4f} ± {:.4f}".format(*paired(losses, reference, 100))
+        at_100 = (_plus_minus(*paired(losses, reference, 100), 4, "+")
                   if losses.shape[1] >= 100 else "n/a")
         mean, error = paired(losses, reference, losses.shape[1])
-        ratio = f"{mean / error:+.1f}" if error > 0 else "n/a"
-        lines.append(f"| {labels[i]} | {at_100} | {mean:+.4f} ± {error:.4f} | {ratio} |")
+        ratio = f"{mean / error:+.1f}" if error else "n/a"
+        lines.append(f"| {labels[i]} | {at_100} | {_plus_minus(mean, error, 4, '+')} | "
+                     f"{ratio} |")
     return lines
 
 
@@ -164,7 +225,8 @@ def main(argv):
     if not FLAGS.output:
         raise util.FlagError("--output is needed for a plot (or pass --table).")
     plot_title = title([h for h, _ in histories]) if FLAGS.title is None else FLAGS.title
-    plot(histories, labels, FLAGS.output, plot_title)
+    for note in plot(histories, labels, FLAGS.output, plot_title):
+        print(f"Note: {note}")
     print(f"Plot written to {FLAGS.output}")
 
 

@@ -1,15 +1,18 @@
-"""Tests for plot.py: tables and plots of evaluation histories."""
+"""Tests for plot.py: tables and plots of evaluation histories, diverged or of one epoch, and
+output paths that cannot be written."""
 
 import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 import cli
 import plot
+import util
 from conftest import REPO_ROOT
 
 
@@ -112,3 +115,72 @@ def test_bad_input_is_one_line(tmp_path):
     assert result.returncode == 1
     assert "is not a history file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_baselines_are_the_configurations():
+    import configs  # pylint: disable=import-outside-toplevel
+    assert plot.BASELINES is configs.BASELINES
+
+
+def _curve(tmp_path):
+    losses = np.exp(-np.linspace(0, 3, 20))[None] * np.linspace(1, 2, 3)[:, None]
+    return cli.read_history(_history(tmp_path / "h.csv", "optimizer=SGD learning_rate=0.1",
+                                     losses))
+
+
+def test_output_paths_that_cannot_be_written_are_one_line(tmp_path):
+    history = _curve(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
+    for output, message in (
+            (tmp_path / "afile" / "p.png", r"Cannot write plot .*afile/p.png: .*afile is a "
+                                           r"regular file, not a folder; choose another path"),
+            (tmp_path / "dir.png", r"Cannot write plot .*dir.png: it is a directory"),
+            (tmp_path / "fifo.png", r"Cannot write plot .*fifo.png: it is a FIFO")):
+        with pytest.raises(util.FileFormatError, match=message):
+            plot.plot([history], ["SGD"], str(output), "t")
+    result = _run(f"--histories={tmp_path / 'h.csv'}", f"--output={tmp_path / 'afile' / 'p.png'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "afile is a regular file, not a folder" in result.stderr
+
+
+def test_output_is_written_to_exactly_its_name_and_through_a_link(tmp_path):
+    history = _curve(tmp_path)
+    plot.plot([history], ["SGD"], str(tmp_path / "curve"), "t")  # No suffix: a PNG named so.
+    assert (tmp_path / "curve").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "curve.png").exists()
+    target = tmp_path / "target.svg"
+    target.write_text("old")
+    target.chmod(0o640)
+    (tmp_path / "link.svg").symlink_to(target)
+    plot.plot([history], ["SGD"], str(tmp_path / "link.svg"), "t")
+    assert (tmp_path / "link.svg").is_symlink()
+    assert target.read_bytes()[:5] == b"<?xml" and (target.stat().st_mode & 0o777) == 0o640
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(util.TEMP_PREFIX)]
+
+
+def test_diverged_histories_and_single_epochs_without_warnings(tmp_path):
+    finite = _curve(tmp_path)
+    diverged = ("optimizer=SGD learning_rate=1e+38", np.full([2, 20], np.inf))
+    one_epoch = ("optimizer=Adam learning_rate=abc", np.full([1, 20], 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # No RuntimeWarning (mean of inf, std of one value).
+        with pytest.raises(util.FileFormatError, match="Nothing to plot: no history has a step "
+                                                       "with a finite positive mean loss"):
+            plot.plot([diverged], ["SGD lr 1e+38"], str(tmp_path / "none.png"), "t")
+        assert not (tmp_path / "none.png").exists()
+        notes = plot.plot([finite, diverged], ["SGD lr 0.1", "SGD lr 1e+38"],
+                          str(tmp_path / "some.png"), "t")
+        assert notes == ["SGD lr 1e+38: no step with a finite positive mean loss (2 of 2 epochs "
+                         "diverged); left out of the plot."]
+        assert (tmp_path / "some.png").stat().st_size > 10_000
+        lines = plot.table([diverged, one_epoch], [plot.label(h) for h, _ in
+                                                   (diverged, one_epoch)])
+    assert lines[2] == "| SGD lr 1e+38 | 2 | n/a | inf (step 20) |"
+    assert lines[3] == "| Adam lr abc | 1 | n/a | 0.500 (step 20) |"  # No "± nan".
+    # The paired table of one epoch: the difference alone, no ratio.
+    lines = plot.table([one_epoch, ("optimizer=L2L path=x", np.full([1, 20], 0.25))],
+                       ["Adam", "L2L"])
+    assert lines[-1] == "| L2L | n/a | -0.2500 | n/a |"
