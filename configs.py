@@ -24,6 +24,12 @@ BASELINES = ("Adam", "RMSprop", "SGD", "NAG")  # TensorFlow's optimizers, run by
 LAMBDA_MODES = ("per_coordinate", "scalar")  # networks.LearnedLambdaDeepLSTM.
 META_OBJECTIVES = ("train", "validation")
 STRATEGIES = ("none", "mirrored", "multi_worker")
+# How meta.unroll's backward pass gets each optimizee step's values, and what each costs
+# (measured in bench/README.md): "steps" is the fastest on a CPU; "chunks" the smallest, and the
+# only one whose memory barely depends on the unroll length.
+REMATERIALIZE = {"off": "keep every step's activations",
+                 "steps": "keep each step's inputs, recompute the step",
+                 "chunks": "keep the optimizee's gradients, replay chunks of coordinates"}
 
 
 def num_unrolls(num_steps, unroll_length):

@@ -40,6 +40,7 @@ DEFAULT_NET_CONFIG = {
 }
 MODES = configs.MODES
 META_OBJECTIVES = configs.META_OBJECTIVES
+REMATERIALIZE = configs.REMATERIALIZE
 
 
 def default_mode(training=True):
@@ -69,6 +70,34 @@ def check_unroll(unroll_length, mode, training):
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
     return int(unroll_length), mode
+
+
+def check_count(value, what, minimum=1):
+    """The one check of a whole-number option: an int (not a bool) of at least `minimum`."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value < minimum):
+        raise ValueError(f"{what} must be a whole number >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def unroll_options(problem, meta_objective="train", second_derivatives=False,
+                   state_reset_period=0, rematerialize=None, training=True):
+    """The checked keyword options of `unroll` for `problem`; None picks the default."""
+    if meta_objective not in META_OBJECTIVES:
+        raise ValueError(f"Unknown meta_objective {meta_objective!r}; "
+                         f"expected one of {META_OBJECTIVES}.")
+    if meta_objective == "validation" and problem.sample_validation is None:
+        raise ValueError("meta_objective 'validation' needs a problem with held-out data; "
+                         "this problem has none (use meta_objective 'train').")
+    if rematerialize is None:
+        rematerialize = "steps" if training and not second_derivatives else "off"
+    rematerialize = {True: "steps", False: "off"}.get(rematerialize, rematerialize)
+    if rematerialize not in REMATERIALIZE:
+        raise ValueError(f"Unknown rematerialize {rematerialize!r}; expected one of "
+                         f"{sorted(REMATERIALIZE)}.")
+    return dict(meta_objective=meta_objective, second_derivatives=bool(second_derivatives),
+                state_reset_period=check_count(state_reset_period, "state_reset_period", 0),
+                rematerialize=rematerialize)
 
 
 def compile_fn(fn, mode):
@@ -192,63 +221,14 @@ def loss_with_known_gradients(problem, params, data):
     return loss, [tf.stop_gradient(g) for g in grads]
 
 
-def _rematerialized(fn, inputs, constants):
-    """`fn(inputs, constants)` (nests of tensors), with a backward pass that recomputes it.
-
-    The forward pass keeps only `inputs` and `constants`; the backward pass runs `fn` again to
-    differentiate it with respect to `inputs` (the `constants` get no gradient), instead of
-    keeping every intermediate value. Same numbers as `fn`.
-    """
-    flat_inputs, flat_constants = tf.nest.flatten(inputs), tf.nest.flatten(constants)
-    layout = {}
-
-    def forward(args):
-        result = fn(tf.nest.pack_sequence_as(inputs, list(args[:len(flat_inputs)])),
-                    tf.nest.pack_sequence_as(constants, list(args[len(flat_inputs):])))
-        layout["result"] = result
-        return tf.nest.flatten(result)
-
-    # Every tensor `fn` reads is an argument: nothing is captured from outside.
-    @tf.custom_gradient
-    def remat(*args):
-        def backward(*upstream):
-            with tf.GradientTape() as tape:
-                tape.watch(args[:len(flat_inputs)])
-                outputs = forward(args)
-            upstream = [tf.zeros_like(o) if u is None else u for u, o in zip(upstream, outputs)]
-            gradients = tape.gradient(outputs, args[:len(flat_inputs)],
-                                      output_gradients=upstream,
-                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return list(gradients) + [None] * len(flat_constants)
-        return forward(args), backward
-
-    outputs = remat(*flat_inputs, *flat_constants)
-    return tf.nest.pack_sequence_as(layout["result"], outputs)
-
-
-def apply_networks(groups, weights, params, grads, states, rematerialize=False):
+def apply_networks(groups, weights, params, grads, states):
     """One optimizee step of every network: `(next params, next states, lambda statistics)`.
 
     `params` and `grads` hold a list per instance of the meta-batch: a coordinatewise network
     steps the coordinates of all instances in one call. Each group's network sees the parameters
     before the step; a parameter of two groups gets both steps, one of none stays as it is (as
     the original).
-
-    With `rematerialize`, the meta-gradient's backward pass recomputes the networks' step from
-    its inputs (the states, the parameters, the gradients as constants: a few hundred bytes per
-    coordinate) instead of keeping every LSTM activation of every step of the unroll; same
-    numbers. One region for all networks: TensorFlow 2.21's graph mode gets the gradients of
-    several custom-gradient regions in one tf.while_loop body wrong.
     """
-    if not rematerialize:
-        return _apply_networks(groups, weights, params, grads, states)
-    return _rematerialized(
-        lambda inputs, constants: _apply_networks(groups, inputs[0], inputs[1], constants,
-                                                  inputs[2]),
-        (weights, params, states), grads)
-
-
-def _apply_networks(groups, weights, params, grads, states):
     next_params, next_states, lambdas = [list(p) for p in params], [], {}
     for group, state in zip(groups, states):
         net, group_weights = group.net, weights[group.key]
@@ -276,8 +256,287 @@ def _apply_networks(groups, weights, params, grads, states):
     return next_params, next_states, lambdas
 
 
+def _reset_states(groups, params, states, step, state_reset_period):
+    """The networks' states, zeroed where `step` is a multiple of `state_reset_period` (0: never)."""
+    if not state_reset_period:
+        return states
+    due = tf.equal(step % state_reset_period, 0)
+    return tf.nest.map_structure(lambda zero, s: tf.where(due, zero, s),
+                                 initial_states(groups, params), states)
+
+
+def _known_terms(problem, params, seeds, step, validation):
+    """Each instance's `(loss, gradients, objective, objective's gradients)` at its iterate.
+
+    First-order: every gradient is a constant of the networks. The objective is the loss
+    itself, or the loss on a held-out batch (with its own gradient) for the validation
+    meta-objective.
+    """
+    terms = []
+    for b, instance_params in enumerate(params):
+        loss, grads = loss_and_gradients(problem, instance_params,
+                                         problem.sample(seeds[b], step))
+        objective, objective_grads = loss, grads
+        if validation:
+            objective, objective_grads = loss_and_gradients(
+                problem, instance_params, problem.sample_validation(seeds[b], step))
+        terms.append((loss, grads, objective, objective_grads))
+    return terms
+
+
+def _rematerialized_steps(problem, groups, weights, params, states, seeds, first_step, count,
+                          validation, state_reset_period):
+    """`count` first-order optimizee steps whose meta-gradient recomputes the networks' steps.
+
+    The forward pass keeps what the segment starts from (the weights, the parameters, the
+    networks' states) and, per step, the optimizee's gradients: the networks' inputs, and the
+    derivative of each loss term with respect to its iterate. The backward pass replays the
+    networks' steps from the segment's start under a tape, with each loss term replaced by its
+    linear part `<g, x>` (the same derivative), and differentiates that: the optimizee is never
+    differentiated twice, and the activations of a segment live only while it is
+    differentiated. Same numbers as the plain backward pass.
+
+    Returns:
+      `(params, states, objectives [instances], losses [count, instances], lambda statistics
+      {key: [sum of means, min, max]})`.
+    """
+    structure = (weights, params, states)
+    instances, dtype = len(params), params[0][0].dtype
+    lambda_keys = [g.key for g in groups if g.net.has_lambda]
+    recorded = []  # Per step: (networks' gradients, objectives' gradients) of each instance.
+
+    @tf.custom_gradient
+    def segment(*args):
+        w, p, s = tf.nest.pack_sequence_as(structure, list(args))
+        objectives, losses = [tf.zeros([], dtype)] * instances, []
+        stats = {key: [tf.zeros([], dtype), tf.constant(np.inf, dtype),
+                       tf.constant(-np.inf, dtype)] for key in lambda_keys}
+        for j in range(count):
+            terms = _known_terms(problem, p, seeds, first_step + j, validation)
+            recorded.append(([t[1] for t in terms], [t[3] for t in terms]))
+            objectives = [o + t[2] for o, t in zip(objectives, terms)]
+            losses.append(tf.stack([t[0] for t in terms]))
+            s = _reset_states(groups, p, s, first_step + j, state_reset_period)
+            p, s, lambdas = apply_networks(groups, w, p, recorded[-1][0], s)
+            for key, (mean, low, high) in stats.items():
+                stats[key] = [mean + lambdas[key][0], tf.minimum(low, lambdas[key][1]),
+                              tf.maximum(high, lambdas[key][2])]
+        differentiable = tf.nest.flatten((p, s)) + objectives
+        reported = [tf.stack(losses)] + [tf.stack(stats[key]) for key in lambda_keys]
+
+        def backward(*upstream):
+            upstream = [tf.zeros_like(o) if u is None else u
+                        for u, o in zip(upstream[:len(differentiable)], differentiable)]
+            upstream_carry, upstream_objectives = upstream[:-instances], upstream[-instances:]
+            with tf.GradientTape() as tape:
+                tape.watch(args)
+                w, p, s = tf.nest.pack_sequence_as(structure, list(args))
+                linear = tf.zeros([], dtype)
+                for j, (grads, objective_grads) in enumerate(recorded):
+                    for b in range(instances):
+                        linear += upstream_objectives[b] * tf.add_n(
+                            [tf.reduce_sum(g * x) for g, x in zip(objective_grads[b], p[b])])
+                    s = _reset_states(groups, p, s, first_step + j, state_reset_period)
+                    p, s, _ = apply_networks(groups, w, p, grads, s)
+                replayed = tf.nest.flatten((p, s))
+            return tape.gradient(replayed + [linear], list(args),
+                                 output_gradients=upstream_carry + [tf.ones([], dtype)],
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        return differentiable + reported, backward
+
+    outputs = segment(*tf.nest.flatten(structure))
+    carry_size = len(outputs) - instances - 1 - len(lambda_keys)
+    p, s = tf.nest.pack_sequence_as((params, states), outputs[:carry_size])
+    objectives = outputs[carry_size:carry_size + instances]
+    losses, stats = outputs[carry_size + instances], outputs[carry_size + instances + 1:]
+    return p, s, objectives, losses, dict(zip(lambda_keys, stats))
+
+
+# Coordinates per chunk times unroll steps in the coordinatewise backward pass: a chunk's
+# activations (about 1.2 KB per coordinate and step for a 2x20 LSTM) stay within a CPU's
+# last-level cache, whatever the unroll length.
+CHUNK_COORDINATE_STEPS = 2**15
+
+
+def _separable(groups, carry, instances):
+    """Whether the meta-gradient separates coordinate by coordinate (`_coordinatewise_unroll`):
+    one coordinatewise LSTM steps every parameter once, all in one call."""
+    if len(groups) != 1:
+        return False
+    group = groups[0]
+    per_instance = len(carry.params) // instances
+    return (group.batched and isinstance(group.net, networks.CoordinateWiseDeepLSTM)
+            and sorted(group.indices) == list(range(per_instance)))
+
+
+def _coordinatewise_unroll(problem, group, weights, carry, length, validation,
+                           state_reset_period):
+    """`unroll` with first-order meta-gradients of a coordinatewise network, rematerialised.
+
+    With the optimizee's gradients held constant, everything the meta-gradient flows through
+    is coordinatewise: each coordinate's LSTM state, its step, its parameter, and the
+    derivative of each loss term with respect to it (the gradient `g_t` the forward pass
+    computed anyway). The forward pass therefore keeps only `g_t` (4 bytes per coordinate and
+    step), and the backward pass replays the network over chunks of coordinates, one after the
+    other, each small enough for its activations to stay in cache, summing the chunks'
+    gradients of the weights. Same numbers as differentiating the unroll as it is.
+    """
+    net, key = group.net, group.key
+    instances = carry.seed.shape[0]
+    dtype = carry.params[0].dtype
+    members = _members(group, by_instance(carry.params, instances))
+    shapes = [carry.params[b * (len(carry.params) // instances) + i].shape for b, i in members]
+    sizes = [s.num_elements() for s in shapes]
+    order = [b * (len(carry.params) // instances) + i for b, i in members]  # carry index per member
+    structure = (weights, list(carry.params), carry.states[0])
+    has_lambda = net.has_lambda
+
+    def group_flat(per_instance_values):
+        return _flat([per_instance_values[b][i] for b, i in members])
+
+    @tf.custom_gradient
+    def region(*args):
+        w, flat_params, initial_state = tf.nest.pack_sequence_as(structure, list(args))
+
+        def body(t, params, state, losses, objectives, lambda_acc, grads_ta, objective_ta):
+            step = carry.step + t
+            terms = _known_terms(problem, params, carry.seed, step, validation)
+            grads = [term[1] for term in terms]
+            objectives = [o + term[2] for o, term in zip(objectives, terms)]
+            grads_ta = grads_ta.write(t, group_flat(grads))
+            objective_ta = objective_ta.write(t, group_flat([term[3] for term in terms]))
+            state = _reset_states([group], params, [state], step, state_reset_period)[0]
+            params, (state,), lambdas = apply_networks([group], {key: w}, params, grads, [state])
+            if has_lambda:
+                lambda_acc = tf.stack([lambda_acc[0] + lambdas[key][0],
+                                       tf.minimum(lambda_acc[1], lambdas[key][1]),
+                                       tf.maximum(lambda_acc[2], lambdas[key][2])])
+            return (params, state, losses.write(t, tf.stack([term[0] for term in terms])),
+                    objectives, lambda_acc, grads_ta, objective_ta)
+
+        n = sum(sizes)
+        params, state, losses, objectives, lambda_acc, grads_ta, objective_ta = while_steps(
+            length, body, (by_instance(flat_params, instances), initial_state,
+                           tf.TensorArray(dtype, size=length + 1),
+                           [tf.zeros([], dtype)] * instances,
+                           tf.constant([0.0, np.inf, -np.inf], dtype),
+                           tf.TensorArray(dtype, size=length, element_shape=[n]),
+                           tf.TensorArray(dtype, size=length + 1, element_shape=[n])))
+        final = _known_terms(problem, params, carry.seed, carry.step + length, validation)
+        objectives = [o + term[2] for o, term in zip(objectives, final)]
+        losses = losses.write(length, tf.stack([term[0] for term in final])).stack()
+        objective_ta = objective_ta.write(length, group_flat([term[3] for term in final]))
+        grads_all, objective_grads = grads_ta.stack(), objective_ta.stack()
+        final_flat = [p for instance in params for p in instance]
+        differentiable = final_flat + tf.nest.flatten(state) + objectives
+
+        def backward(*upstream):
+            upstream = [tf.zeros_like(o) if u is None else u
+                        for u, o in zip(upstream[:len(differentiable)], differentiable)]
+            up_params = upstream[:len(final_flat)]
+            up_state = tf.nest.pack_sequence_as(state, upstream[len(final_flat):-instances])
+            up_objectives = upstream[-instances:]
+            # Each coordinate's share of the meta-loss: its instance's upstream gradient.
+            weight = tf.concat([tf.fill([size], up_objectives[b])
+                                for (b, _), size in zip(members, sizes)], axis=0)
+            d_w, d_params, d_state = _chunked_backward(
+                net, w, _flat([flat_params[j] for j in order]), initial_state, grads_all,
+                objective_grads * weight, _flat([up_params[j] for j in order]), up_state,
+                carry.step, length, state_reset_period)
+            d_flat = [None] * len(flat_params)
+            for j, part in zip(order, tf.split(d_params, sizes)):
+                d_flat[j] = tf.reshape(part, flat_params[j].shape)
+            return tf.nest.flatten(d_w) + d_flat + tf.nest.flatten(d_state)
+
+        stats = [lambda_acc] if has_lambda else []
+        return differentiable + [losses] + stats, backward
+
+    outputs = region(*tf.nest.flatten(structure))
+    count = len(carry.params)
+    state_size = len(tf.nest.flatten(carry.states[0]))
+    params = outputs[:count]
+    state = tf.nest.pack_sequence_as(carry.states[0], outputs[count:count + state_size])
+    objectives = outputs[count + state_size:count + state_size + instances]
+    losses = outputs[count + state_size + instances]
+    lambdas = {}
+    if has_lambda:
+        acc = outputs[-1]
+        lambdas[key] = tf.stack([acc[0] / length, acc[1], acc[2]])
+    meta_loss = tf.add_n(objectives) / instances
+    return (meta_loss, tf.transpose(losses), lambdas,
+            Carry(list(params), [state], carry.step + length, carry.seed))
+
+
+def _chunked_backward(net, weights, params, state, grads, objective_grads, up_params, up_state,
+                      first_step, length, state_reset_period):
+    """The meta-gradient of a coordinatewise unroll, replayed chunk of coordinates by chunk.
+
+    Args:
+      params, state: where the unroll started, `[n]` and the network's state (coordinates last).
+      grads: `[length, n]` the optimizee's gradients at each step (the network's inputs).
+      objective_grads: `[length + 1, n]` the derivative of the meta-loss's term at each iterate
+        with respect to it, already scaled by the upstream gradient.
+      up_params, up_state: upstream gradients of the final parameters and state.
+
+    Returns:
+      `(d weights, d params [n], d state)`.
+    """
+    n = params.shape[0]
+    chunk = max(1, min(n, CHUNK_COORDINATE_STEPS // max(length, 1)))
+    chunks = -(-n // chunk)
+    padding = chunks * chunk - n
+    # Padded coordinates get zero upstream gradients, so they add exactly nothing.
+    pad = lambda x: tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[0, padding]])
+    params, up_params = pad(params), pad(up_params)
+    state, up_state = tf.nest.map_structure(pad, state), tf.nest.map_structure(pad, up_state)
+    grads, objective_grads = pad(grads), pad(objective_grads)
+
+    def cut(x, start):
+        begin = [0] * (x.shape.rank - 1) + [start]
+        return tf.slice(x, begin, x.shape[:-1].as_list() + [chunk])
+
+    def chunk_body(c, d_weights, d_params, d_states):
+        start = c * chunk
+        p0, s0 = cut(params, start), tf.nest.map_structure(lambda x: cut(x, start), state)
+        g, og = cut(grads, start), cut(objective_grads, start)
+        with tf.GradientTape() as tape:
+            tape.watch([weights, p0, s0])
+
+            def step(t, p, s, linear):
+                linear += tf.reduce_sum(og[t] * p)
+                if state_reset_period:
+                    due = tf.equal((first_step + t) % state_reset_period, 0)
+                    s = tf.nest.map_structure(lambda x: tf.where(due, tf.zeros_like(x), x), s)
+                update = net.step(weights, g[t], s, p)
+                return p + update.step, update.next_state, linear
+
+            p, s, linear = while_steps(length, step, (p0, s0, tf.zeros([], p0.dtype)))
+            linear += tf.reduce_sum(og[length] * p)
+        d_w, d_p, d_s = tape.gradient(
+            [p, s, linear], [weights, p0, s0],
+            output_gradients=[cut(up_params, start),
+                              tf.nest.map_structure(lambda x: cut(x, start), up_state),
+                              tf.ones([], p0.dtype)],
+            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        d_weights = tf.nest.map_structure(tf.add, d_weights, d_w)
+        d_states = tf.nest.map_structure(lambda ta, x: ta.write(c, x), d_states, d_s)
+        return c + 1, d_weights, d_params.write(c, d_p), d_states
+
+    def to_array(x):
+        return tf.TensorArray(x.dtype, size=chunks, element_shape=x.shape[:-1].as_list() + [chunk])
+
+    _, d_weights, d_params, d_states = tf.while_loop(
+        lambda c, *_: c < chunks, chunk_body,
+        (tf.constant(0), tf.nest.map_structure(tf.zeros_like, weights),
+         to_array(params), tf.nest.map_structure(to_array, state)),
+        maximum_iterations=chunks)
+    join = lambda ta: tf.concat(tf.unstack(ta.stack()), axis=-1)[..., :n]
+    return (d_weights, join(d_params), tf.nest.map_structure(join, d_states))
+
+
 def unroll(problem, groups, weights, carry, length, meta_objective="train",
-           second_derivatives=False, state_reset_period=0, rematerialize=False):
+           second_derivatives=False, state_reset_period=0, rematerialize="off"):
     """Runs `length` optimizee steps from `carry`; pure (reads only its arguments).
 
     Args:
@@ -292,9 +551,12 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
       second_derivatives: backpropagate through the optimizee's gradients too.
       state_reset_period: zero the networks' states every that many steps of the epoch (0:
         never).
-      rematerialize: for meta-gradients, keep only each step's inputs and recompute the step in
-        the backward pass, and reuse the optimizee's gradients for its loss terms (see
-        `apply_networks`, `loss_with_known_gradients`); first-order only, same numbers.
+      rematerialize: how the meta-gradient's backward pass gets each step's values (first-order
+        only; the same numbers): "off" keeps them; "steps" keeps each step's inputs and
+        recomputes the step (`_rematerialized_steps`); "chunks" keeps only the optimizee's
+        gradients and replays the networks chunk of coordinates by chunk, so that memory
+        barely grows with the unroll length (`_coordinatewise_unroll`; a coordinatewise
+        network only, else "steps"). See `REMATERIALIZE`.
 
     Returns:
       `(meta_loss, instance_losses [instances, length + 1], lambdas {key: [mean, min, max]},
@@ -304,55 +566,60 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
     lambda_keys = [g.key for g in groups if g.net.has_lambda]
     instances = carry.seed.shape[0]
     dtype = carry.params[0].dtype if carry.params else tf.float32
-    if rematerialize and second_derivatives:
+    if rematerialize != "off" and second_derivatives:
         raise ValueError("rematerialize reuses first-order gradients; it cannot be combined "
                          "with second_derivatives.")
+    if rematerialize == "chunks" and _separable(groups, carry, instances):
+        return _coordinatewise_unroll(problem, groups[0], weights[groups[0].key], carry, length,
+                                      validation, state_reset_period)
+    count = 1
 
-    def loss_at(params, data):
-        if rematerialize:
-            return loss_with_known_gradients(problem, params, data)[0]
-        return problem.loss(params, data)
+    def accumulate(acc, stats):
+        return {key: tf.stack([a[0] + stats[key][0], tf.minimum(a[1], stats[key][1]),
+                               tf.maximum(a[2], stats[key][2])]) for key, a in acc.items()}
 
-    def objective_at(params, seed, step, loss):
-        if not validation:
-            return loss
-        return loss_at(params, problem.sample_validation(seed, step))
-
-    def body(position, params, states, losses, objectives, lambda_acc):
-        step = carry.step + position
+    def plain_step(step, params, states, objectives):
+        """One optimizee step, differentiated as it is (second derivatives if asked)."""
         step_losses, grads = [], []
         for b in range(instances):  # The instances' optimizees, one after the other.
-            data = problem.sample(carry.seed[b], step)
-            if rematerialize:
-                loss, instance_grads = loss_with_known_gradients(problem, params[b], data)
-            else:
-                loss, instance_grads = loss_and_gradients(problem, params[b], data,
-                                                          second_derivatives)
-            objectives[b] += objective_at(params[b], carry.seed[b], step, loss)
+            loss, instance_grads = loss_and_gradients(
+                problem, params[b], problem.sample(carry.seed[b], step), second_derivatives)
+            objective = (problem.loss(params[b], problem.sample_validation(carry.seed[b], step))
+                         if validation else loss)
+            objectives[b] += objective
             step_losses.append(loss)
             grads.append(instance_grads)
-        if state_reset_period:
-            due = tf.equal(step % state_reset_period, 0)
-            states = tf.nest.map_structure(lambda zero, s: tf.where(due, zero, s),
-                                           initial_states(groups, params), states)
-        params, states, lambdas = apply_networks(groups, weights, params, grads, states,
-                                                 rematerialize)
-        lambda_acc = {key: tf.stack([acc[0] + lambdas[key][0],
-                                     tf.minimum(acc[1], lambdas[key][1]),
-                                     tf.maximum(acc[2], lambdas[key][2])])
-                      for key, acc in lambda_acc.items()}
-        return (params, states, losses.write(position, tf.stack(step_losses)), objectives,
-                lambda_acc)
+        states = _reset_states(groups, params, states, step, state_reset_period)
+        params, states, lambdas = apply_networks(groups, weights, params, grads, states)
+        return params, states, objectives, tf.stack(step_losses)[None], lambdas
 
-    params, states, losses, objectives, lambda_acc = while_steps(length, body, (
+    def body(position, params, states, losses, objectives, lambda_acc):
+        first = carry.step + position * count
+        if rematerialize != "off":
+            params, states, terms, step_losses, stats = _rematerialized_steps(
+                problem, groups, weights, params, states, carry.seed, first, count,
+                validation, state_reset_period)
+            objectives = [o + t for o, t in zip(objectives, terms)]
+        else:
+            params, states, objectives, step_losses, stats = plain_step(first, params, states,
+                                                                       objectives)
+        for j in range(count):
+            losses = losses.write(position * count + j, step_losses[j])
+        return params, states, losses, objectives, accumulate(lambda_acc, stats)
+
+    params, states, losses, objectives, lambda_acc = while_steps(length // count, body, (
         by_instance(carry.params, instances), list(carry.states),
         tf.TensorArray(dtype, size=length + 1), [tf.zeros([], dtype)] * instances,
         {key: tf.constant([0.0, np.inf, -np.inf], dtype) for key in lambda_keys}))
     step = carry.step + length
     finals = []
     for b in range(instances):
+        # The last iterate's loss terms; its gradients are reused as in the segments.
+        loss_at = ((lambda p, data: loss_with_known_gradients(problem, p, data)[0])
+                   if rematerialize != "off" else problem.loss)
         finals.append(loss_at(params[b], problem.sample(carry.seed[b], step)))
-        objectives[b] += objective_at(params[b], carry.seed[b], step, finals[-1])
+        objectives[b] += (loss_at(params[b], problem.sample_validation(carry.seed[b], step))
+                          if validation else finals[-1])
     lambdas = {key: tf.stack([acc[0] / length, acc[1], acc[2]])
                for key, acc in lambda_acc.items()}
     instance_losses = tf.transpose(losses.write(length, tf.stack(finals)).stack())
@@ -521,9 +788,9 @@ class Unroll:
             picks `default_mode()` for meta-training or evaluation.
           batch_coordinates: feed all coordinates of a coordinatewise network's parameters
             through one call (same numbers, faster) instead of one call per parameter.
-          rematerialize: recompute each optimizee step in the meta-gradient's backward pass
-            instead of keeping its activations (see `unroll`); None: when meta-training with
-            first-order gradients (smaller and faster, see bench/README.md).
+          rematerialize: one of `REMATERIALIZE` (see `unroll`); None: "steps" when
+            meta-training with first-order gradients (smaller and faster, see
+            bench/README.md), else "off". True and False mean "steps" and "off".
           meta_batch_size: instances of the problem unrolled together, each from its own seed
             (`reset` takes one per instance); the meta-loss is their mean.
           strategy: a `tf.distribute` strategy (`MirroredStrategy`,
@@ -536,26 +803,11 @@ class Unroll:
         # A default XLA gives way to the graph for problems XLA cannot compile (e.g. a loss
         # with a tf.while_loop of unknown length); an explicit mode is kept.
         self._fallback = mode is None and self.mode == "xla" and strategy is None
-        if int(state_reset_period) < 0:
-            raise ValueError(f"state_reset_period must be >= 0, got {state_reset_period}.")
-        if meta_objective not in META_OBJECTIVES:
-            raise ValueError(f"Unknown meta_objective {meta_objective!r}; "
-                             f"expected one of {META_OBJECTIVES}.")
-        if meta_objective == "validation" and problem.sample_validation is None:
-            raise ValueError("meta_objective 'validation' needs a problem with held-out data; "
-                             "this problem has none (use meta_objective 'train').")
         self.problem = problem
-        if isinstance(meta_batch_size, bool) or int(meta_batch_size) != meta_batch_size \
-                or meta_batch_size < 1:
-            raise ValueError(f"meta_batch_size must be a whole number >= 1, got "
-                             f"{meta_batch_size!r}.")
-        self.meta_batch_size = int(meta_batch_size)
-        if rematerialize is None:
-            rematerialize = learning_rate is not None and not second_derivatives
-        self._options = dict(meta_objective=meta_objective,
-                             second_derivatives=bool(second_derivatives),
-                             state_reset_period=int(state_reset_period),
-                             rematerialize=bool(rematerialize))
+        self.meta_batch_size = check_count(meta_batch_size, "meta_batch_size")
+        self._options = unroll_options(problem, meta_objective, second_derivatives,
+                                       state_reset_period, rematerialize,
+                                       training=learning_rate is not None)
         self._groups = plan(meta.nets, tuple(problem.names), net_assignments, batch_coordinates)
         _build_networks(self._groups, problem)
         self._variables = _unique([v for g in self._groups for v in g.net.trainable_variables])
@@ -595,7 +847,7 @@ class Unroll:
 
     @property
     def rematerialize(self):
-        """Whether the meta-gradient's backward pass recomputes each step (see `unroll`)."""
+        """How the meta-gradient's backward pass gets each step's values (see `unroll`)."""
         return self._options["rematerialize"]
 
     def reset(self, seed):

@@ -54,6 +54,12 @@ flags.DEFINE_integer("meta_batch_size", 1, "Problem instances unrolled per meta-
 flags.DEFINE_enum("strategy", "none", configs.STRATEGIES, "Distribution: none; mirrored (this "
                   "machine's devices); multi_worker (several processes or machines, cluster "
                   "from TF_CONFIG). The meta-batch is split across the replicas.")
+flags.DEFINE_enum("rematerialize", None, sorted(configs.REMATERIALIZE), "How the meta-gradient's "
+                  "backward pass gets each step's values (the same numbers): steps (default for "
+                  "first-order meta-gradients: keep each step's inputs and recompute it; the "
+                  "fastest), chunks (keep only the optimizee's gradients and replay the network "
+                  "over chunks of coordinates: memory that barely grows with --unroll_length, "
+                  "for large optimizees; slower) or off (keep every activation).")
 flags.DEFINE_integer("checkpoint_period", 100, "Epochs between checkpoints in save_path.",
                      lower_bound=1)
 flags.DEFINE_boolean("restart", False, "Start over in a save_path that holds a run, instead of "
@@ -80,6 +86,9 @@ def _check_flags(argv):
             if given(name):
                 raise util.FlagError(f"--{name} does not apply with --initial_path: the "
                                      f"network's options are those its file records.")
+    if FLAGS.second_derivatives and FLAGS.rematerialize not in (None, "off"):
+        raise util.FlagError(f"--rematerialize={FLAGS.rematerialize} reuses first-order "
+                             f"gradients; with --second_derivatives use --rematerialize=off.")
     if not FLAGS.save_path:
         for name in ("restart", "checkpoint_period"):
             if given(name):

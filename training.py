@@ -136,7 +136,8 @@ def _build(flags, config, objective, strategy):
             config.problem, flags.unroll_length, learning_rate=flags.learning_rate,
             net_assignments=config.net_assignments, second_derivatives=flags.second_derivatives,
             state_reset_period=flags.state_reset_period, meta_objective=objective,
-            mode=flags.mode, meta_batch_size=flags.meta_batch_size, strategy=strategy)
+            mode=flags.mode, meta_batch_size=flags.meta_batch_size, strategy=strategy,
+            rematerialize=flags.rematerialize)
         # Held-out epochs (validation data where the problem has data) choose the optimizer to
         # keep; with replicas, each evaluates its share of them at once.
         evaluation = optimizer.meta_loss(

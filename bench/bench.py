@@ -59,9 +59,9 @@ flags.DEFINE_boolean("quick", False, "Smoke run: unroll 4, 8 steps, 3 iterations
                      "(flags given explicitly win).")
 flags.DEFINE_boolean("sweep", False, "Run hidden H, 2H, 4H and unroll L/2, L, 2L, each in its own "
                      "process, and print a table.")
-flags.DEFINE_enum("rematerialize", "auto", ["auto", "on", "off"], "Recompute each step in the "
-                  "meta-gradient's backward pass (on) or keep its activations (off); auto: "
-                  "meta.Unroll's default.")
+flags.DEFINE_enum("rematerialize", "auto", ["auto"] + sorted(meta.REMATERIALIZE),
+                  "How the meta-gradient's backward pass gets each step's values (see "
+                  "meta.REMATERIALIZE); auto: meta.Unroll's default.")
 flags.DEFINE_string("compare_peer", None, "A Python with jax: after this benchmark, run the JAX "
                     "peer (--peer_script) with it on the same computation and print both and "
                     "the ratios.")
@@ -70,8 +70,8 @@ flags.DEFINE_string("peer_script", str(pathlib.Path(__file__).resolve().parents[
 flags.DEFINE_string("peer_variant", "scan_remat", "The peer's --variant.")
 flags.DEFINE_integer("repeats", 1, "With --compare_peer: alternate this many runs of each and "
                      "report medians.", lower_bound=1)
-flags.DEFINE_boolean("sweep_unroll", False, "Run unroll lengths 10, 20, 40 and 80 with and "
-                     "without rematerialisation, each in its own process; print the memory "
+flags.DEFINE_boolean("sweep_unroll", False, "Run unroll lengths 10, 20, 40 and 80 with each "
+                     "rematerialisation, each in its own process; print the memory "
                      "above the after-import level and its growth per unroll step.")
 flags.DEFINE_integer("meta_batch_size", 1, "Problem instances per meta-iteration.", lower_bound=1)
 flags.DEFINE_boolean("sweep_meta_batch", False, "Run meta-batches of 1, 2, 4 and 8 instances, "
@@ -173,7 +173,7 @@ def benchmark():
     config, data = _config(FLAGS.hidden)
     rss_after_import = _peak_rss_mb()  # TensorFlow, the project and the data; nothing run yet.
     optimizer = meta.MetaOptimizer(**config.net_config)
-    remat = {"auto": None, "on": True, "off": False}[FLAGS.rematerialize]
+    remat = None if FLAGS.rematerialize == "auto" else FLAGS.rematerialize
     minimize = optimizer.meta_minimize(config.problem, unroll_length, learning_rate=0.001,
                                        net_assignments=config.net_assignments, mode=FLAGS.mode,
                                        rematerialize=remat, meta_batch_size=FLAGS.meta_batch_size)
@@ -308,24 +308,23 @@ def _compare_with_peer():
 
 
 def _sweep_unroll():
-    """Peak memory above the after-import level for unroll 10..80, with and without remat."""
+    """Peak memory above the after-import level for unroll 10..80, for every rematerialisation."""
     rows = []
-    for remat in ("off", "on"):
+    for remat in sorted(meta.REMATERIALIZE):
         for length in (10, 20, 40, 80):
             # Epochs of 80 steps: every unroll length divides them.
             row = _run_child(unroll_length=length, num_steps=80, rematerialize=remat)
             row["rss_above_import_mb"] = row["train_peak_rss_mb"] - row["rss_after_import_mb"]
             rows.append(row)
-    print(f"{'remat':>5} {'unroll':>6} {'s/iter':>8} {'above_import_mb':>15} {'mb/step':>8}")
-    for remat in (False, True):
+    print(f"{'remat':>6} {'unroll':>6} {'s/iter':>8} {'above_import_mb':>15} {'mb/step':>8}")
+    for remat in sorted(meta.REMATERIALIZE):
         chosen = [r for r in rows if r["rematerialize"] == remat]
         growth = ((chosen[-1]["rss_above_import_mb"] - chosen[0]["rss_above_import_mb"])
                   / (chosen[-1]["unroll_length"] - chosen[0]["unroll_length"]))
         for r in chosen:
-            print(f"{str(remat):>5} {r['unroll_length']:>6} {r['s_per_meta_iteration']:>8.3f} "
-                  f"{r['rss_above_import_mb']:>15.0f} {growth:>8.2f}")
-        for r in chosen:
             r["mb_per_unroll_step"] = growth
+            print(f"{remat:>6} {r['unroll_length']:>6} {r['s_per_meta_iteration']:>8.3f} "
+                  f"{r['rss_above_import_mb']:>15.0f} {growth:>8.2f}")
     return {"sweep_unroll": rows}
 
 

@@ -1,6 +1,7 @@
 """Tests for meta.py: the unroll, meta-gradients, truncation, assignments and compile modes."""
 
 import os
+from unittest import mock
 
 from absl.testing import parameterized
 import numpy as np
@@ -249,7 +250,7 @@ class ModesTest(tf.test.TestCase, parameterized.TestCase):
 class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
     """The rematerialised backward pass gives the meta-gradient of the plain one."""
 
-    def _meta_gradient(self, rematerialize, mode, net, objective):
+    def _meta_gradient(self, rematerialize, mode, net, objective, reset=0, instances=1):
         tf.random.set_seed(7)
         options = dict(layers=(5, 4), preprocess_name="LogAndSign", preprocess_options={"k": 5})
         if net == "LearnedLambdaDeepLSTM":
@@ -262,22 +263,47 @@ class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
                     rng.integers(0, 10, [64]).astype(np.int32))
 
         unroll = optimizer.meta_loss(problems.mnist(layers=(6,), loader=images), 4, mode=mode,
-                                     meta_objective=objective, rematerialize=rematerialize)
-        unroll.reset([0, 1])
+                                     meta_objective=objective, rematerialize=rematerialize,
+                                     state_reset_period=reset, meta_batch_size=instances)
+        unroll.reset(meta.instance_seeds(0, meta.TRAIN, 1, instances))
         unroll()  # The second unroll starts from trained parameters and carried states.
         result, grads = unroll.meta_gradient()
         return result.meta_loss.numpy(), np.concatenate([g.numpy().ravel() for g in grads])
 
-    @parameterized.parameters(("graph", "CoordinateWiseDeepLSTM", "train"),
-                              ("xla", "CoordinateWiseDeepLSTM", "validation"),
-                              ("graph", "LearnedLambdaDeepLSTM", "validation"),
-                              ("xla", "LearnedLambdaDeepLSTM", "train"))
-    def test_same_meta_gradient(self, mode, net, objective):
-        loss, grad = self._meta_gradient(True, mode, net, objective)
-        reference_loss, reference_grad = self._meta_gradient(False, mode, net, objective)
+    # Chunks: 4780 coordinates in one chunk, or in chunks of 1000 (the last one padded).
+    @parameterized.parameters(("graph", "CoordinateWiseDeepLSTM", "train", 2**15, 0, 1),
+                              ("xla", "CoordinateWiseDeepLSTM", "validation", 4000, 3, 1),
+                              ("graph", "LearnedLambdaDeepLSTM", "validation", 4000, 0, 2),
+                              ("xla", "LearnedLambdaDeepLSTM", "train", 2**15, 3, 2),
+                              ("eager", "CoordinateWiseDeepLSTM", "train", 4000, 0, 2))
+    def test_same_meta_gradient(self, mode, net, objective, chunk_steps, reset, instances):
+        with mock.patch.object(meta, "CHUNK_COORDINATE_STEPS", chunk_steps):
+            loss, grad = self._meta_gradient(True, mode, net, objective, reset, instances)
+        reference_loss, reference_grad = self._meta_gradient(False, mode, net, objective, reset,
+                                                             instances)
         self.assertAllClose(loss, reference_loss, rtol=1e-6)
         self.assertAllClose(grad, reference_grad, rtol=1e-5,
                             atol=1e-6 * np.max(np.abs(reference_grad)))
+
+    def test_networks_that_are_not_coordinatewise_are_rematerialised_step_by_step(self):
+        # Two networks on one problem: the per-step path (`_rematerialized_steps`).
+        def unroll_of(rematerialize):
+            tf.random.set_seed(3)
+            optimizer = meta.MetaOptimizer(
+                a={"net": "CoordinateWiseDeepLSTM", "net_options": {"layers": (3,)}},
+                b={"net": "CoordinateWiseDeepLSTM", "net_options": {"layers": (2,)}})
+            problem = _two_quadratics()
+            unroll = optimizer.meta_loss(problem, 3, mode="graph", rematerialize=rematerialize,
+                                         net_assignments=[("a", [problem.names[0]]),
+                                                          ("b", [problem.names[1]])])
+            unroll.reset([0, 4])
+            unroll()
+            result, grads = unroll.meta_gradient()
+            return result.meta_loss.numpy(), np.concatenate([g.numpy().ravel() for g in grads])
+
+        (loss, grad), (reference_loss, reference_grad) = unroll_of(True), unroll_of(False)
+        self.assertAllClose(loss, reference_loss, rtol=1e-6)
+        self.assertAllClose(grad, reference_grad, rtol=1e-5, atol=1e-7)
 
     def test_refused_with_second_derivatives(self):
         optimizer = meta.MetaOptimizer(**_lstm_config())
