@@ -27,6 +27,7 @@ util.import_tensorflow()
 import keras  # noqa: E402  pylint: disable=wrong-import-position
 import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
+import meta  # noqa: E402  pylint: disable=wrong-import-position
 import networks  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -94,11 +95,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
             learning_rate = float(learning_rate)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if isinstance(state_reset_period, bool) or int(state_reset_period) != state_reset_period \
-                or state_reset_period < 0:
-            raise ValueError(f"state_reset_period must be a whole number >= 0, got "
-                             f"{state_reset_period!r}.")
-        self.state_reset_period = int(state_reset_period)
+        self.state_reset_period = meta.check_count(state_reset_period, "state_reset_period", 0)
         if path is not None:
             path = find_weights_file(os.fspath(path))
             saved = weights_file.load(path)
@@ -137,6 +134,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         """
         if self.built:
             return
+        for variable in variables:
+            if not tf.as_dtype(variable.dtype).is_floating:
+                # Its update would be cast to an integer: zero, silently.
+                raise TypeError(f"LearnedOptimizer steps floating-point variables; "
+                                f"{variable.name} is {tf.as_dtype(variable.dtype).name}: leave it "
+                                f"out of the trainable variables.")
         super().build(variables)
         sizes = [int(np.prod(v.shape)) for v in variables]
         self._sizes = sizes

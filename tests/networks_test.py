@@ -126,6 +126,45 @@ class ShapeTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(net.options["input_size"], 2)  # Recorded at the first call.
 
 
+class PureStepTest(tf.test.TestCase, parameterized.TestCase):
+    """`step` is pure: frozen arrays of the weights give `update`'s numbers, reading no variable."""
+
+    @parameterized.named_parameters(
+        ("coordinatewise", "CoordinateWiseDeepLSTM", {"layers": (3, 2)}, [5]),
+        ("fixed_lambda", "FixedLambdaDeepLSTM", {"layers": (3,), "fixed_lambda": 0.05}, [5]),
+        ("learned_lambda", "LearnedLambdaDeepLSTM", {"layers": (3,)}, [5]),
+        ("learned_scalar", "LearnedLambdaDeepLSTM", {"layers": (3,), "lambda_mode": "scalar"},
+         [5]),
+        ("kernel", "KernelDeepLSTM", {"kernel_shape": [2, 2], "layers": (3,)}, [2, 2, 1, 3]),
+        ("standard", "StandardDeepLSTM", {"output_size": 4, "layers": (3,), "input_size": 4},
+         [6, 4]),
+        ("sgd", "Sgd", {"learning_rate": 0.1}, [5]),
+        ("adam", "Adam", {}, [5]))
+    def test_frozen_weights_give_the_modules_step(self, net, options, shape):
+        tf.random.set_seed(2)
+        network = networks.factory(net, options)
+        # Non-zero weights everywhere, so that every weight matters.
+        for variable in network.trainable_variables:
+            variable.assign(tf.random.normal(variable.shape, stddev=0.3))
+        gradient = tf.random.normal(shape, stddev=0.1)
+        param = tf.random.normal(shape)
+        state = network.initial_state_for_inputs(gradient)
+        frozen = network.step_weights(tf.nest.map_structure(
+            lambda v: tf.constant(v.numpy()), network.weights()))
+        step = tf.function(lambda g, s, p: network.step(frozen, g, s, p))
+        graph = step.get_concrete_function(gradient, state, param).graph
+        self.assertEmpty([op for op in graph.get_operations() if op.type == "ReadVariableOp"])
+        self.assertEmpty(graph.variables)
+        for _ in range(3):  # Through the state as well.
+            pure, module = step(gradient, state, param), network.update(gradient, state, param)
+            self.assertAllEqual(pure.step, module.step)
+            for pure_leaf, module_leaf in zip(tf.nest.flatten(pure.next_state),
+                                              tf.nest.flatten(module.next_state)):
+                self.assertAllEqual(pure_leaf, module_leaf)
+            state = module.next_state
+        self.assertEqual(pure.step.shape, gradient.shape)
+
+
 class BaselineNetworkTest(tf.test.TestCase):
 
     def test_sgd_step(self):
