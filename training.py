@@ -39,7 +39,8 @@ RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_d
              "meta_batch_size", "initial_path")
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 # The meta-gradient of an unroll keeps every step's state: memory grows with its length. The
-# paper unrolls 20 steps; ten times that fits a small problem in well under a gigabyte.
+# paper unrolls 20 steps; ten times that fits a small problem in well under a gigabyte. Only
+# --rematerialize=chunks keeps so little per step (the gradients) that longer unrolls fit.
 MAX_UNROLL_LENGTH = 200
 # What a run that exhausts memory can lower.
 _MEMORY_FLAGS = "--unroll_length, --meta_batch_size or the layers of --net_options"
@@ -51,10 +52,11 @@ def check_flags(flags):
     Called (through `run_flags`) before the run folder is opened, so that nothing there changes
     for a run that cannot start.
     """
-    if flags.unroll_length > MAX_UNROLL_LENGTH:
+    if flags.unroll_length > MAX_UNROLL_LENGTH and flags.rematerialize != "chunks":
         raise util.FlagError(f"--unroll_length={flags.unroll_length} is more than the "
                              f"{MAX_UNROLL_LENGTH} steps a meta-gradient can keep in memory (the "
-                             f"paper unrolls 20); use a shorter unroll.")
+                             f"paper unrolls 20); use a shorter unroll, or --rematerialize=chunks "
+                             f"(its memory barely grows with the unroll).")
 
 
 def run_flags(flags, objective):

@@ -765,7 +765,9 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_17_an_unroll_too_long_for_memory_is_refused_before_the_folder_changes(self):
         import training  # pylint: disable=import-outside-toplevel
-        training.check_flags(types.SimpleNamespace(unroll_length=training.MAX_UNROLL_LENGTH))
+        for length, rematerialize in ((training.MAX_UNROLL_LENGTH, None), (1000, "chunks")):
+            training.check_flags(types.SimpleNamespace(unroll_length=length,
+                                                       rematerialize=rematerialize))
         save_path = os.path.join(self.get_temp_dir(), "long")
         _one_line_error(self, _run("train.py", "--problem=quadratic", "--num_steps=10000",
                                    "--unroll_length=10000", f"--save_path={save_path}"),
@@ -791,7 +793,8 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
             which_aml="L2L", fixed_lambda=0.01, lambda_mode="per_coordinate", lambda_max=0.1,
             net_options=net_options, initial_path=None, meta_batch_size=1, strategy="none",
             problem="quadratic", data_dir=None, unroll_length=2, learning_rate=0.001,
-            second_derivatives=False, state_reset_period=0, mode="graph", num_steps=4)
+            second_derivatives=False, state_reset_period=0, mode="graph", num_steps=4,
+            rematerialize=None)
         return training._build(flags, configs.get_config("quadratic"), "train", None)
 
     def test_17_14_network_options_are_the_users_errors_and_bugs_keep_their_traceback(self):
