@@ -355,7 +355,7 @@ class StandardDeepLSTMTest(tf.test.TestCase):
                             net(grad, net.initial_state_for_inputs(grad))[0])
 
 
-class MetaBatchTest(tf.test.TestCase):
+class MetaBatchTest(tf.test.TestCase, parameterized.TestCase):
 
     def _meta_gradient(self, seeds):
         tf.random.set_seed(5)
@@ -379,6 +379,29 @@ class MetaBatchTest(tf.test.TestCase):
                             rtol=1e-6)
         for b, (_, single) in enumerate(singles):
             self.assertAllClose(result.instance_losses[b], single.losses, rtol=1e-6)
+
+    @parameterized.parameters(False, True)
+    def test_a_meta_batch_of_one_trains_as_before_meta_batches(self, rematerialize):
+        # Weights after 2 epochs of 3 meta-updates, as commit 9a0c955 (the last one before
+        # meta-batches) computed them on this machine, bit for bit (sums in float64).
+        tf.random.set_seed(5)
+        optimizer = meta.MetaOptimizer(**_lstm_config(layers=(4,), preprocess_name="LogAndSign",
+                                                      preprocess_options={"k": 5}))
+        unroll = optimizer.meta_minimize(problems.quadratic(batch_size=3, num_dims=4), 4,
+                                         learning_rate=0.01, mode="graph",
+                                         rematerialize=rematerialize)
+        for epoch in range(2):
+            unroll.reset(meta.epoch_seed(0, meta.TRAIN, epoch))
+            for _ in range(3):
+                result = unroll()
+        sums = {v.name.split("/", 2)[-1]: np.sum(v.numpy().astype(np.float64))
+                for v in unroll.variables}
+        self.assertAllClose(sums, {"cw_deep_lstm/linear/b:0": 0.040218718349933624,
+                                   "cw_deep_lstm/linear/w:0": 0.6392608061432838,
+                                   "cw_deep_lstm/lstm_1/b_gates:0": -1.7111594825983047,
+                                   "cw_deep_lstm/lstm_1/w_gates:0": -2.812137669418007},
+                            rtol=1e-6, atol=0)
+        self.assertAllClose(result.meta_loss, 40.29150390625, rtol=1e-6)
 
     def test_instance_seeds(self):
         seeds = meta.instance_seeds(3, meta.TRAIN, 5, 4)
