@@ -100,11 +100,17 @@ def check_no_arguments(argv):
                              f"(flags are --name=value).")
 
 
+# Float flags become float32 tensors: a larger magnitude would turn into inf there.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_finite(**values):
-    """Every float flag given is a finite number: `check_finite(learning_rate=FLAGS.lr)`."""
+    """Every float flag given is a finite number that float32 can hold:
+    `check_finite(learning_rate=FLAGS.lr)`."""
     for name, value in values.items():
-        if value is not None and not math.isfinite(value):
-            raise util.FlagError(f"--{name} must be a finite number, got {value}.")
+        if value is not None and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            raise util.FlagError(f"--{name} must be a finite number of magnitude at most "
+                                 f"3.4e+38 (float32), got {value}.")
 
 
 def check_positive(**values):
@@ -157,9 +163,8 @@ MAX_HISTORY_BYTES = 2**30
 def write_history(path, header, histories):
     """Writes per-step losses, one row per epoch, after a `# header` line; atomically."""
     lines = [f"# {header}"] + [",".join(f"{v:.8g}" for v in row) for row in histories]
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    util.atomic_write(path, ("\n".join(lines) + "\n").encode(), what="history file")
+    util.atomic_write(path, ("\n".join(lines) + "\n").encode(), what="history file",
+                      create_folder=True)
 
 
 def read_history(path):

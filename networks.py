@@ -181,14 +181,14 @@ class _ArrayInitializer(snt.initializers.Initializer):
     def __init__(self, value, where):
         self._value, self._where = np.asarray(value), where
         if not np.issubdtype(self._value.dtype, np.number) or self._value.dtype == bool:
-            raise TypeError(f"Initializer of {where} is an array of {self._value.dtype}, not "
+            raise util.OptionError(f"Initializer of {where} is an array of {self._value.dtype}, not "
                             f"numbers.")
 
     def __call__(self, shape, dtype):
         size = math.prod(shape)
         flat = self._value.reshape(-1)
         if flat.size > size or flat.size == 0:
-            raise ValueError(f"Weights {self._where} have shape {tuple(self._value.shape)}; "
+            raise util.OptionError(f"Weights {self._where} have shape {tuple(self._value.shape)}; "
                              f"the network needs {tuple(shape)}, and {flat.size} values cannot "
                              f"fill {size}.")
         if flat.size < size:
@@ -206,7 +206,7 @@ class _CallableInitializer(snt.initializers.Initializer):
         try:
             values = self._fn(list(shape), dtype=dtype)
         except ValueError as e:  # E.g. "orthogonal" for a bias: TF1's error, with its variable.
-            raise ValueError(f"The initializer of {self._where} cannot make shape "
+            raise util.OptionError(f"The initializer of {self._where} cannot make shape "
                              f"{tuple(shape)}: {str(e).splitlines()[0]}") from None
         return tf.cast(tf.convert_to_tensor(values), dtype)
 
@@ -226,7 +226,7 @@ def _convert_initializer(spec, where):
     """A Sonnet initializer from a TF1 initializer name, an array or any initializer callable."""
     if isinstance(spec, str):
         if spec not in _NAMED_INITIALIZERS:
-            raise ValueError(f"Unknown initializer {spec!r} for {where}; a name is one of TF1's "
+            raise util.OptionError(f"Unknown initializer {spec!r} for {where}; a name is one of TF1's "
                              f"tf.<name>_initializer, as in the original: "
                              f"{', '.join(_NAMED_INITIALIZERS)} (or pass an initializer, a "
                              f"callable, an array or a dict).")
@@ -237,7 +237,7 @@ def _convert_initializer(spec, where):
         return _ArrayInitializer(spec, where)
     if callable(spec):
         return _CallableInitializer(spec, where)
-    raise TypeError(f"Cannot use {type(spec).__name__} as the initializer of {where}.")
+    raise util.OptionError(f"Cannot use {type(spec).__name__} as the initializer of {where}.")
 
 
 def _layer_initializers(initializer, layer, fields):

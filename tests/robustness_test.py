@@ -286,7 +286,10 @@ class NonFiniteTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(("train.py", "--learning_rate=inf", "--learning_rate must be"),
                               ("train.py", "--learning_rate=nan", "--learning_rate must be"),
                               ("train.py", "--lambda_max=-inf", "--lambda_max must be"),
-                              ("evaluate.py", "--fixed_lambda=nan", "--fixed_lambda must be"))
+                              ("evaluate.py", "--fixed_lambda=nan", "--fixed_lambda must be"),
+                              # Finite, but inf once a float32 tensor.
+                              ("train.py", "--learning_rate=1e300",
+                               "--learning_rate must be a finite number of magnitude at most"))
     def test_6_non_finite_flags_are_refused(self, script, flag, message):
         _one_line_error(self, _run(script, flag), message)
 
@@ -822,6 +825,20 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
             f.write("x")
         _one_line_error(self, _run("train.py", *RUN[:-2], "--num_epochs=1", f"--logdir={blocker}"),
                         r"--logdir .* is a file")
+
+    def test_a_history_below_a_file_and_an_unknown_initializer_are_user_errors(self):
+        import cli  # pylint: disable=import-outside-toplevel
+        blocker = os.path.join(self.get_temp_dir(), "afile")
+        with open(blocker, "w") as f:
+            f.write("mine")
+        with self.assertRaisesRegex(util.FileFormatError, "afile"):
+            cli.write_history(os.path.join(blocker, "h.csv"), "header", [[1.0]])
+        with open(blocker) as f:
+            self.assertEqual(f.read(), "mine")
+        for spec, message in (("foo", "Unknown initializer 'foo'"),
+                              (object(), "Cannot use object as the initializer")):
+            with self.assertRaisesRegex(util.UserError, message):
+                networks.factory("CoordinateWiseDeepLSTM", {"layers": (2,), "initializer": spec})
 
     def test_messages_name_the_file_and_the_fix(self):
         _one_line_error(self, _run("evaluate.py", "--problem=simple", "--optimizer=SGD",
