@@ -121,6 +121,17 @@ class ResumeTest(tf.test.TestCase):
         self.assertIn("Epoch 1", restarted.stdout)
 
 
+class EvaluationBatchTest(tf.test.TestCase):
+
+    def test_evaluation_epochs_run_in_batches_that_divide_them(self):
+        import training  # pylint: disable=import-outside-toplevel
+        cases = {(20, 1): 4, (40, 1): 4, (6, 1): 3, (7, 1): 1, (20, 2): 4, (12, 2): 6,
+                 (6, 4): 4}  # The last: no multiple of 4 replicas divides 6, so one each.
+        for (epochs, replicas), batch in cases.items():
+            self.assertEqual(training.evaluation_batch(epochs, replicas), batch,
+                             (epochs, replicas))
+
+
 class NonFiniteTest(tf.test.TestCase):
 
     def test_run_epoch_stops_at_the_first_non_finite_unroll(self):
