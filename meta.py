@@ -257,7 +257,7 @@ def apply_networks(groups, weights, params, grads, states):
 
 
 def _reset_states(groups, params, states, step, state_reset_period):
-    """The networks' states, zeroed where `step` is a multiple of `state_reset_period` (0: never)."""
+    """The networks' states, zeroed when `step` is a multiple of `state_reset_period` (0: never)."""
     if not state_reset_period:
         return states
     due = tf.equal(step % state_reset_period, 0)
@@ -694,6 +694,20 @@ class MetaAdam(snt.Module):
             self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in variables]
             self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in variables]
 
+    def apply_if_finite(self, meta_loss, grads, variables):
+        """`apply` unless the meta-loss or a meta-gradient is not finite; returns whether it did.
+
+        A non-finite meta-gradient never reaches the weights (nor Adam's moments).
+        """
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]
+                               + [tf.math.is_finite(meta_loss)])
+
+        def apply():
+            self.apply(grads, variables)
+            return tf.constant(True)
+
+        return tf.cond(finite, apply, lambda: tf.constant(False))
+
     def apply(self, grads, variables):
         self.step.assign_add(1)
         for g, variable, m_var, v_var in zip(grads, variables, self.m, self.v):
@@ -944,23 +958,12 @@ class Unroll:
         carry = tf.nest.map_structure(tf.stop_gradient, carry)
         return _result(meta_loss, losses, lambdas, tf.constant(True)), grads, carry
 
-    def _apply_if_finite(self, meta_loss, grads):
-        """Applies Adam unless the meta-loss or a meta-gradient is not finite; says which."""
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]
-                               + [tf.math.is_finite(meta_loss)])
-
-        def apply():
-            self.optimizer.apply(grads, self._variables)
-            return tf.constant(True)
-
-        # A non-finite meta-gradient never reaches the weights (nor Adam's moments).
-        return tf.cond(finite, apply, lambda: tf.constant(False))
-
     def _minimize_step(self, carry):
         if self.strategy is not None:
             return self._distributed_step(carry, minimize=True)
         result, grads, carry = self._gradient_step(carry)
-        return result._replace(applied=self._apply_if_finite(result.meta_loss, grads)), carry
+        applied = self.optimizer.apply_if_finite(result.meta_loss, grads, self._variables)
+        return result._replace(applied=applied), carry
 
     def _distributed_step(self, carry, minimize):
         """Each replica unrolls its share of the meta-batch; the mean meta-gradient is applied.
@@ -981,7 +984,8 @@ class Unroll:
                                   strategy.reduce(tf.distribute.ReduceOp.MIN, stats[1], None),
                                   strategy.reduce(tf.distribute.ReduceOp.MAX, stats[2], None)])
                    for key, stats in result.lambdas.items()}
-        applied = self._apply_if_finite(meta_loss, grads) if minimize else tf.constant(True)
+        applied = (self.optimizer.apply_if_finite(meta_loss, grads, self._variables) if minimize
+                   else tf.constant(True))
         return _result(meta_loss, instance_losses, lambdas, applied), carry
 
 

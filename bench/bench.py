@@ -30,11 +30,21 @@ import numpy as np
 import cli
 import configs
 import datasets
-import meta
-import problems
 import util
 
-tf = util.import_tensorflow()
+# TensorFlow and the modules that use it are imported by `_import_runtime`, in the processes that
+# time something: a parent that only runs children (--compare_peer, the sweeps) stays small, and
+# a child's peak-RSS reading (ru_maxrss, as the peer's) starts from its parent's resident size.
+tf = meta = problems = None
+
+
+def _import_runtime():
+    global tf, meta, problems  # pylint: disable=global-statement,invalid-name
+    if tf is None:
+        tf = util.import_tensorflow()
+        import meta as meta_module  # pylint: disable=import-outside-toplevel
+        import problems as problems_module  # pylint: disable=import-outside-toplevel
+        meta, problems = meta_module, problems_module
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("problem", "mnist", sorted(configs.CONFIGS),
@@ -43,7 +53,7 @@ flags.DEFINE_integer("hidden", 20, "Hidden units of the MNIST MLP (--problem=mni
                      lower_bound=1)
 flags.DEFINE_integer("unroll_length", 20, "Optimizee steps per meta-iteration.", lower_bound=1)
 flags.DEFINE_integer("num_steps", 100, "Optimizee steps per epoch.", lower_bound=1)
-flags.DEFINE_enum("mode", None, meta.MODES, "Compilation mode of meta-training and evaluation; "
+flags.DEFINE_enum("mode", None, configs.MODES, "Compilation mode of meta-training and evaluation; "
                   "default meta.default_mode() of each.")
 flags.DEFINE_integer("iterations", 50, "Timed meta-iterations (>= 20 unless --quick).",
                      lower_bound=1)
@@ -59,9 +69,9 @@ flags.DEFINE_boolean("quick", False, "Smoke run: unroll 4, 8 steps, 3 iterations
                      "(flags given explicitly win).")
 flags.DEFINE_boolean("sweep", False, "Run hidden H, 2H, 4H and unroll L/2, L, 2L, each in its own "
                      "process, and print a table.")
-flags.DEFINE_enum("rematerialize", "auto", ["auto"] + sorted(meta.REMATERIALIZE),
+flags.DEFINE_enum("rematerialize", "auto", ["auto"] + sorted(configs.REMATERIALIZE),
                   "How the meta-gradient's backward pass gets each step's values (see "
-                  "meta.REMATERIALIZE); auto: meta.Unroll's default.")
+                  "configs.REMATERIALIZE); auto: meta.Unroll's default.")
 flags.DEFINE_string("compare_peer", None, "A Python with jax: after this benchmark, run the JAX "
                     "peer (--peer_script) with it on the same computation and print both and "
                     "the ratios.")
@@ -78,9 +88,13 @@ flags.DEFINE_boolean("sweep_meta_batch", False, "Run meta-batches of 1, 2, 4 and
                      "each in its own process, and print a table.")
 flags.DEFINE_boolean("keras", False, "Time LearnedOptimizer against Keras Adam in model.fit on "
                      "the MNIST MLP and on a model of about a million parameters.")
+flags.DEFINE_enum("keras_fit", None, [f"{m}:{o}" for m in ("mnist_mlp", "million")
+                                      for o in ("learned", "adam", "sgd")],  # KERAS_*.
+                  "Internal to --keras: one model.fit timing in this process.")
 flags.DEFINE_boolean("compare_modes", False, "Run every compilation mode, each in its own "
                      "process, and print a table.")
 
+DEFAULT_MODE = "xla"  # meta.default_mode(), without importing TensorFlow here (tested).
 QUICK = {"unroll_length": 4, "num_steps": 8, "iterations": 3, "eval_epochs": 1}
 MNIST_TRAIN_SIZE, MNIST_TEST_SIZE = 60_000, 10_000  # The official files; validation is cut
                                                     # from the end of train (datasets.load).
@@ -135,7 +149,15 @@ def _device():
 
 
 def _peak_rss_mb():
-    """This process's peak resident memory so far (ru_maxrss: kB on Linux, bytes on macOS)."""
+    """This process's peak resident memory so far: VmHWM on Linux (its own, from exec on),
+    else ru_maxrss (kB on Linux, bytes on macOS), which includes the parent's at the fork."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 1024)
 
@@ -162,6 +184,7 @@ def _meta_iteration_times(minimize, num_unrolls, count):
 
 def benchmark():
     """One configuration in this process; returns the JSON fields."""
+    _import_runtime()
     unroll_length, num_steps = _setting("unroll_length"), _setting("num_steps")
     iterations, eval_epochs = _setting("iterations"), _setting("eval_epochs")
     num_unrolls = meta.num_unrolls(num_steps, unroll_length)
@@ -310,14 +333,14 @@ def _compare_with_peer():
 def _sweep_unroll():
     """Peak memory above the after-import level for unroll 10..80, for every rematerialisation."""
     rows = []
-    for remat in sorted(meta.REMATERIALIZE):
+    for remat in sorted(configs.REMATERIALIZE):
         for length in (10, 20, 40, 80):
             # Epochs of 80 steps: every unroll length divides them.
             row = _run_child(unroll_length=length, num_steps=80, rematerialize=remat)
             row["rss_above_import_mb"] = row["train_peak_rss_mb"] - row["rss_after_import_mb"]
             rows.append(row)
     print(f"{'remat':>6} {'unroll':>6} {'s/iter':>8} {'above_import_mb':>15} {'mb/step':>8}")
-    for remat in sorted(meta.REMATERIALIZE):
+    for remat in sorted(configs.REMATERIALIZE):
         chosen = [r for r in rows if r["rematerialize"] == remat]
         growth = ((chosen[-1]["rss_above_import_mb"] - chosen[0]["rss_above_import_mb"])
                   / (chosen[-1]["unroll_length"] - chosen[0]["unroll_length"]))
@@ -339,6 +362,10 @@ def _sweep_meta_batch():
     return {"sweep_meta_batch": rows}
 
 
+KERAS_MODELS = ("mnist_mlp", "million")
+KERAS_OPTIMIZERS = ("learned", "adam", "sgd")
+
+
 def _keras_model(name):
     import keras  # pylint: disable=import-outside-toplevel
     hidden = (20,) if name == "mnist_mlp" else (1024, 256)
@@ -347,71 +374,106 @@ def _keras_model(name):
     return keras.Sequential(layers)
 
 
-def _keras_benchmark():
-    """model.fit steps with LearnedOptimizer and Adam; the optimizer's own cost per parameter
-    against the bare network step's, in this process."""
+def _shipped_mnist_optimizer():
+    return str(pathlib.Path(__file__).resolve().parent.parent / "saved_optimizers" / "mnist" /
+               "cw.l2l")
+
+
+def _keras_fit(model_name, optimizer_name):
+    """Seconds per `model.fit` step (jit-compiled, batch 128) and this process's memory."""
+    _import_runtime()
     import keras  # pylint: disable=import-outside-toplevel
     import learned_optimizer  # pylint: disable=import-outside-toplevel
-    import networks  # pylint: disable=import-outside-toplevel
-    path = str(pathlib.Path(__file__).resolve().parent.parent / "saved_optimizers" / "mnist" /
-               "cw.l2l")
     rng = np.random.default_rng(0)
-    x = rng.random([128 * 64, 784], np.float32)
-    y = rng.integers(0, 10, [128 * 64]).astype(np.int32)
     steps = _setting("iterations")
+    x = rng.random([128 * steps, 784], np.float32)
+    y = rng.integers(0, 10, [128 * steps]).astype(np.int32)
+    rss_after_import = _peak_rss_mb()
+    keras.utils.set_random_seed(0)
+    model = _keras_model(model_name)
+    optimizer = {"learned": lambda: learned_optimizer.LearnedOptimizer(_shipped_mnist_optimizer()),
+                 "adam": lambda: keras.optimizers.Adam(0.01),
+                 "sgd": lambda: keras.optimizers.SGD(0.01)}[optimizer_name]()
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), jit_compile=True)
+    model.fit(x[:128 * 4], y[:128 * 4], batch_size=128, epochs=1, verbose=0)  # Compilation.
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=False)
+    return {"model": model_name, "optimizer": optimizer_name, "parameters": model.count_params(),
+            "s_per_step": (time.perf_counter() - start) / steps, "peak_rss_mb": _peak_rss_mb(),
+            "rss_after_import_mb": rss_after_import}
+
+
+def _ns_per_coordinate_step(model_name):
+    """The learned optimizer's own cost, ns per parameter and step, three ways in one process:
+    `optimizer.apply` on fixed gradients (compiled), the network's bare pure step on as many
+    coordinates, and an evaluation unroll of the network over the MLP's problem (its step and
+    the MLP's loss and gradients, per coordinate-step)."""
+    _import_runtime()
+    import learned_optimizer  # pylint: disable=import-outside-toplevel
+    import networks  # pylint: disable=import-outside-toplevel
+    path, steps = _shipped_mnist_optimizer(), _setting("iterations")
+    model = _keras_model(model_name)
+    variables = model.trainable_variables
+    n = sum(v.shape.num_elements() for v in variables)
+    grads = [tf.random.normal(v.shape, stddev=0.01) for v in variables]
+    optimizer = learned_optimizer.LearnedOptimizer(path)
+    apply = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=True)
+    net = networks.factory("CoordinateWiseDeepLSTM", net_path=path)
+    weights = tf.nest.map_structure(tf.convert_to_tensor, net.step_weights())
+    bare = tf.function(lambda g, s: net.step(weights, g, s, g), jit_compile=True)
+    g = tf.random.normal([n], stddev=0.01)
+    state = net.initial_state_for_inputs(g)
+    row = {"model": model_name, "parameters": n}
+    for label, call in (("optimizer", lambda: apply()),
+                        ("network_step", lambda: bare(g, state).step.numpy())):
+        call()
+        call()
+        start = time.perf_counter()
+        for _ in range(steps):
+            call()
+        if label == "optimizer":
+            variables[0].numpy()  # Wait for the last update.
+        row[f"ns_per_parameter_{label}"] = (time.perf_counter() - start) / steps / n * 1e9
+    hidden = (20,) if model_name == "mnist_mlp" else (1024, 256)
+    problem = problems.mlp("mnist", layers=hidden, split="train", loader=_synthetic_mnist)
+    length = 20  # Epochs of one 20-step unroll: a million coordinates take ~0.6 s a step.
+    unroll = meta.MetaOptimizer(cw={"net": "CoordinateWiseDeepLSTM", "net_path": path}).meta_loss(
+        problem, length)
+    epochs = [meta.run_epoch(unroll, 1, meta.epoch_seed(0, meta.TEST, e)).time
+              for e in range(3)]
+    row["ns_per_coordinate_step_unroll"] = statistics.median(epochs[1:]) / (length * n) * 1e9
+    row["optimizer_over_unroll"] = (row["ns_per_parameter_optimizer"]
+                                    / row["ns_per_coordinate_step_unroll"])
+    row["optimizer_over_network_step"] = (row["ns_per_parameter_optimizer"]
+                                          / row["ns_per_parameter_network_step"])
+    return row
+
+
+def _keras_benchmark():
+    """model.fit with LearnedOptimizer, Adam and SGD, each in its own process (peak memory is
+    per process), then the optimizer's own cost against the network's and the unroll's."""
     rows = []
-    for model_name in ("mnist_mlp", "million"):
+    for model_name in KERAS_MODELS:
         row = {"model": model_name}
-        for optimizer_name in ("learned", "adam", "sgd"):
-            keras.utils.set_random_seed(0)
-            model = _keras_model(model_name)
-            optimizer = {"learned": lambda: learned_optimizer.LearnedOptimizer(path),
-                         "adam": lambda: keras.optimizers.Adam(0.01),
-                         "sgd": lambda: keras.optimizers.SGD(0.01)}[optimizer_name]()
-            model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True), jit_compile=True)
-            model.fit(x[:128 * 4], y[:128 * 4], batch_size=128, epochs=1, verbose=0)  # Compile.
-            start = time.perf_counter()
-            model.fit(x[:128 * steps], y[:128 * steps], batch_size=128, epochs=1, verbose=0,
-                      shuffle=False)
-            row[f"s_per_step_{optimizer_name}"] = (time.perf_counter() - start) / steps
-            row["parameters"] = model.count_params()
-        # The optimizer alone: apply() on fixed gradients, compiled, per parameter and step...
-        model = _keras_model(model_name)
-        variables = model.trainable_variables
-        grads = [tf.random.normal(v.shape, stddev=0.01) for v in variables]
-        optimizer = learned_optimizer.LearnedOptimizer(path)
-        apply = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=True)
-        # ... against the network's bare step on as many coordinates.
-        net = networks.factory("CoordinateWiseDeepLSTM", net_path=path)
-        n = row["parameters"]
-        weights = net.step_weights()
-        bare = tf.function(lambda g, s: net.step(weights, g, s, g), jit_compile=True)
-        g = tf.random.normal([n], stddev=0.01)
-        state = net.initial_state_for_inputs(g)
-        for label, call in (("optimizer", lambda: apply()),
-                            ("network_step", lambda: bare(g, state).step.numpy())):
-            call()
-            call()
-            start = time.perf_counter()
-            for _ in range(steps):
-                call()
-            if label == "optimizer":
-                variables[0].numpy()  # Wait for the last update.
-            row[f"ns_per_parameter_{label}"] = (time.perf_counter() - start) / steps / n * 1e9
-        row["optimizer_over_network_step"] = (row["ns_per_parameter_optimizer"]
-                                              / row["ns_per_parameter_network_step"])
+        for optimizer_name in KERAS_OPTIMIZERS:
+            fit = _run_child(keras_fit=f"{model_name}:{optimizer_name}")
+            row["parameters"] = fit["parameters"]
+            row[f"s_per_step_{optimizer_name}"] = fit["s_per_step"]
+            row[f"rss_above_import_mb_{optimizer_name}"] = (fit["peak_rss_mb"]
+                                                            - fit["rss_after_import_mb"])
+        row.update(_ns_per_coordinate_step(model_name))
         rows.append(row)
     print(f"{'model':>10} {'params':>8} {'learned s/step':>15} {'adam s/step':>12} "
-          f"{'sgd s/step':>11} {'opt ns/param':>13} {'net ns/param':>13} {'ratio':>6}")
+          f"{'sgd s/step':>11} {'learned MB':>11} {'adam MB':>8} {'opt ns/param':>13} "
+          f"{'unroll ns':>10} {'ratio':>6}")
     for r in rows:
         print(f"{r['model']:>10} {r['parameters']:>8} {r['s_per_step_learned']:>15.4f} "
               f"{r['s_per_step_adam']:>12.4f} {r['s_per_step_sgd']:>11.4f} "
+              f"{r['rss_above_import_mb_learned']:>11.0f} {r['rss_above_import_mb_adam']:>8.0f} "
               f"{r['ns_per_parameter_optimizer']:>13.1f} "
-              f"{r['ns_per_parameter_network_step']:>13.1f} "
-              f"{r['optimizer_over_network_step']:>6.2f}")
-    return {"keras": rows, "peak_rss_mb": _peak_rss_mb(), "tensorflow": tf.__version__,
-            "cpu_count": _cpu_count()}
+              f"{r['ns_per_coordinate_step_unroll']:>10.1f} {r['optimizer_over_unroll']:>6.2f}")
+    return {"keras": rows, "tensorflow": tf.__version__, "cpu_count": _cpu_count()}
 
 
 def main(argv):
@@ -437,6 +499,10 @@ def main(argv):
     if FLAGS.sweep_meta_batch:
         print(json.dumps(_sweep_meta_batch()))
         return
+    if FLAGS.keras_fit:
+        model_name, optimizer_name = FLAGS.keras_fit.split(":")
+        print(json.dumps(_keras_fit(model_name, optimizer_name)))
+        return
     if FLAGS.keras:
         print(json.dumps(_keras_benchmark()))
         return
@@ -458,9 +524,9 @@ def main(argv):
         rows = [_run_child(hidden=h, unroll_length=l, num_steps=-(-num_steps // l) * l)
                 for h, l in sizes]
     else:
-        rows = [_run_child(mode=mode) for mode in meta.MODES]
+        rows = [_run_child(mode=mode) for mode in configs.MODES]
     _print_table(rows)
-    base = rows[0] if FLAGS.sweep else next(r for r in rows if r["mode"] == meta.default_mode())
+    base = rows[0] if FLAGS.sweep else next(r for r in rows if r["mode"] == DEFAULT_MODE)
     print(json.dumps({**base, "sweep" if FLAGS.sweep else "modes": rows}))
 
 

@@ -118,5 +118,19 @@ def test_compare_modes_forwards_hidden_to_mnist_only(bench, monkeypatch, problem
     assert all(any(a.startswith("--hidden") for a in c) == forwards_hidden for c in commands)
 
 
+def test_importing_bench_loads_no_tensorflow_and_knows_the_default_mode(bench):
+    # A parent that only runs children stays small: the children's (and the peer's) peak-RSS
+    # readings start from their parent's resident size.
+    script = str(REPO_ROOT / "bench" / "bench.py")
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('b', {script!r}); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO_ROOT, check=True)
+    assert result.stdout.strip() == "False"
+    assert bench.DEFAULT_MODE == meta.default_mode()
+
+
 if __name__ == "__main__":
     tf.test.main()
