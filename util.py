@@ -212,13 +212,14 @@ def import_tensorflow():
 
     TensorFlow 2.21 prints lines (CUDA probing, CPU features) to file descriptor 2 while it
     loads, before any Python log level applies; they go to /dev/null for the import only, and
-    its C++ log level defaults to errors only (`TF_CPP_MIN_LOG_LEVEL`, which a user may set).
+    its C++ log level defaults to errors and above (`TF_CPP_MIN_LOG_LEVEL=2`, unless the user set
+    it): its info and warning lines stay out of the CLIs' output, its errors do not.
     Every project module that uses TensorFlow imports it through here, so the quiet start does
     not depend on which module comes first. Errors still raise as Python exceptions.
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
