@@ -168,6 +168,22 @@ runpy.run_path({train!r}, run_name="__main__")
 """
 
 
+class RunRecordTest(tf.test.TestCase):
+
+    def test_another_meta_batch_size_is_refused_on_resume(self):
+        import run_folder  # pylint: disable=import-outside-toplevel
+        import util  # pylint: disable=import-outside-toplevel
+        path = os.path.join(self.get_temp_dir(), "run")
+        flags_of_run = {"problem": "quadratic", "meta_batch_size": 2}
+        run_folder.RunFolder.open(path, flags_of_run).close()
+        with open(os.path.join(path, "run.json")) as f:
+            self.assertEqual(json.load(f)["flags"]["meta_batch_size"], 2)
+        with self.assertRaisesRegex(util.FlagError, "holds a run with --meta_batch_size=2; "
+                                    "resume it with the same flags, or pass --restart"):
+            run_folder.RunFolder.open(path, dict(flags_of_run, meta_batch_size=3))
+        run_folder.RunFolder.open(path, flags_of_run).close()  # The same flags resume.
+
+
 class MirroredTest(tf.test.TestCase):
 
     def test_two_devices_give_the_weights_of_one(self):
