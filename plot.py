@@ -174,31 +174,18 @@ def plot(histories, labels, output, plot_title):
     return notes
 
 
-def table(histories, labels):
-    """Markdown: the means, then every optimizer against the best hand-designed one, paired."""
-    lines = ["| optimizer | epochs | loss at step 100 | loss at the last step |",
-             "| --- | --- | --- | --- |"]
-    for (_, losses), name in zip(histories, labels):
-        at_100 = (_plus_minus(*summary(losses, 100), 3) if losses.shape[1] >= 100 else "n/a")
-        last = f"{_plus_minus(*summary(losses, losses.shape[1]), 3)} (step {losses.shape[1]})"
-        lines.append(f"| {name} | {losses.shape[0]} | {at_100} | {last} |")
-    baselines = [i for i, (header, _) in enumerate(histories)
-                 if fields_of(header).get("optimizer") in BASELINES]
-    if not baselines:
-        return lines
-    with np.errstate(invalid="ignore", over="ignore"):
-        best = min(baselines, key=lambda i: np.nan_to_num(np.mean(histories[i][1][:, -1]),
-                                                          nan=np.inf))
-    reference_header, reference = histories[best]
-    pairable = [i for i, (header, losses) in enumerate(histories)
-                if i != best and losses.shape == reference.shape
-                and same_epochs(fields_of(header), fields_of(reference_header))]
+def _paired_section(histories, labels, reference_index, rows, what):
+    """Markdown: each of `rows` against the history `reference_index` on the same epochs."""
+    reference_header, reference = histories[reference_index]
+    pairable = [i for i in rows
+                if i != reference_index and histories[i][1].shape == reference.shape
+                and same_epochs(fields_of(histories[i][0]), fields_of(reference_header))]
     if not pairable:
-        return lines
-    lines += ["", f"Against {labels[best]}, the best hand-designed optimizer, on the same "
-                  f"epochs (mean paired difference ± its standard error; negative: better):", "",
-              "| optimizer | at step 100 | at the last step | standard errors |",
-              "| --- | --- | --- | --- |"]
+        return []
+    lines = ["", f"Against {labels[reference_index]}, {what}, on the same epochs (mean paired "
+                 f"difference ± its standard error; negative: better):", "",
+             "| optimizer | at step 100 | at the last step | standard errors |",
+             "| --- | --- | --- | --- |"]
     for i in pairable:
         losses = histories[i][1]
         at_100 = (_plus_minus(*paired(losses, reference, 100), 4, "+")
@@ -207,6 +194,31 @@ def table(histories, labels):
         ratio = f"{mean / error:+.1f}" if error else "n/a"
         lines.append(f"| {labels[i]} | {at_100} | {_plus_minus(mean, error, 4, '+')} | "
                      f"{ratio} |")
+    return lines
+
+
+def table(histories, labels):
+    """Markdown: the means, every optimizer against the best hand-designed one, paired, and
+    the lambda optimizers against the plain LSTM (L2L), paired."""
+    lines = ["| optimizer | epochs | loss at step 100 | loss at the last step |",
+             "| --- | --- | --- | --- |"]
+    for (_, losses), name in zip(histories, labels):
+        at_100 = (_plus_minus(*summary(losses, 100), 3) if losses.shape[1] >= 100 else "n/a")
+        last = f"{_plus_minus(*summary(losses, losses.shape[1]), 3)} (step {losses.shape[1]})"
+        lines.append(f"| {name} | {losses.shape[0]} | {at_100} | {last} |")
+    kinds = [fields_of(header).get("optimizer") for header, _ in histories]
+    baselines = [i for i, kind in enumerate(kinds) if kind in BASELINES]
+    if baselines:
+        with np.errstate(invalid="ignore", over="ignore"):
+            best = min(baselines, key=lambda i: np.nan_to_num(np.mean(histories[i][1][:, -1]),
+                                                              nan=np.inf))
+        lines += _paired_section(histories, labels, best, range(len(histories)),
+                                 "the best hand-designed optimizer")
+    # Whether the fork's lambda term helps: each lambda optimizer against the first L2L.
+    lambdas = [i for i, kind in enumerate(kinds) if kind in ("fixed", "learned")]
+    if "L2L" in kinds and lambdas:
+        lines += _paired_section(histories, labels, kinds.index("L2L"), lambdas,
+                                 "the LSTM without lambda")
     return lines
 
 

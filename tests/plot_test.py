@@ -87,6 +87,33 @@ def test_table_pairs_every_optimizer_with_the_best_baseline(tmp_path):
     assert "learned lambda" not in rows and "| learned lambda | 40 |" in result.stdout
 
 
+def test_table_pairs_the_lambda_optimizers_with_l2l(tmp_path):
+    rng = np.random.default_rng(2)
+    luck = rng.uniform(0.0, 1.0, [30, 100])
+    histories = {"nag.csv": ("optimizer=NAG learning_rate=1 seed=0", luck + 0.20),
+                 "l2l.csv": ("optimizer=L2L path=x seed=0", luck + 0.15),
+                 "learned.csv": ("optimizer=learned path=y seed=0",
+                                 luck + 0.17 + rng.normal(0, 0.01, [30, 100])),
+                 "fixed.csv": ("optimizer=fixed path=z fixed_lambda=0.01 seed=0",
+                               luck + 0.10)}
+    paths = [_history(tmp_path / name, header, losses)
+             for name, (header, losses) in histories.items()]
+    result = _run(f"--histories={','.join(paths)}", "--table")
+    assert result.returncode == 0, result.stderr
+    sections = result.stdout.split("Against ")
+    assert len(sections) == 3 and sections[2].startswith("L2L (LSTM), the LSTM without lambda")
+    rows = {cells[0]: cells[1:] for cells in
+            ([c.strip() for c in line.strip("|").split("|")]
+             for line in sections[2].splitlines() if line.startswith("| ") and "±" in line)}
+    assert set(rows) == {"learned lambda", "fixed lambda 0.01"}
+    difference = histories["learned.csv"][1][:, -1] - histories["l2l.csv"][1][:, -1]
+    mean, error = map(float, rows["learned lambda"][1].split(" ± "))
+    assert mean == pytest.approx(np.mean(difference), abs=1e-4)
+    assert error == pytest.approx(np.std(difference, ddof=1) / np.sqrt(30), abs=1e-4)
+    assert float(rows["learned lambda"][2]) > 10  # 0.02 behind, paired: many errors.
+    assert float(rows["fixed lambda 0.01"][1].split(" ± ")[0]) == pytest.approx(-0.05, abs=1e-4)
+
+
 def test_vector_output_and_title(tmp_path):
     losses = np.exp(-np.linspace(0, 3, 50))[None] * np.linspace(1, 2, 4)[:, None]
     path = _history(tmp_path / "h.csv", "optimizer=SGD learning_rate=0.1 problem=quadratic", losses)
