@@ -58,6 +58,30 @@ def test_table_gives_means_and_standard_errors(tmp_path):
         assert float(row[4]) == pytest.approx(np.mean(losses[:, -1]), abs=6e-4)
 
 
+def _paired_tables(tmp_path, histories):
+    """plot.py --table on `histories` ({file name: (header, losses)}): its paired sections,
+    each as (its first line, {optimizer: (mean, standard error, standard errors)})."""
+    paths = [_history(tmp_path / name, header, losses)
+             for name, (header, losses) in histories.items()]
+    result = _run(f"--histories={','.join(paths)}", "--table")
+    assert result.returncode == 0, result.stderr
+    sections = []
+    for section in result.stdout.split("Against ")[1:]:
+        rows = {}
+        for line in section.splitlines():
+            if line.startswith("| ") and "±" in line:
+                name, _, last, ratio = [c.strip() for c in line.strip("|").split("|")]
+                mean, error = map(float, last.split(" ± "))
+                rows[name] = (mean, error, float(ratio))
+        sections.append((section.splitlines()[0], rows))
+    return result.stdout, sections
+
+
+def _paired_difference(losses, reference):
+    difference = losses[:, -1] - reference[:, -1]
+    return np.mean(difference), np.std(difference, ddof=1) / np.sqrt(len(difference))
+
+
 def test_table_pairs_every_optimizer_with_the_best_baseline(tmp_path):
     rng = np.random.default_rng(1)
     luck = rng.uniform(0.0, 1.0, [40, 100])  # What the epochs share: networks and batches.
@@ -68,23 +92,17 @@ def test_table_pairs_every_optimizer_with_the_best_baseline(tmp_path):
                  # Other epochs (the validation split): in the table, never paired.
                  "learned.csv": ("optimizer=learned path=y seed=0 split=validation",
                                  luck + 0.1)}
-    paths = [_history(tmp_path / name, header, losses)
-             for name, (header, losses) in histories.items()]
-    result = _run(f"--histories={','.join(paths)}", "--table")
-    assert result.returncode == 0, result.stderr
-    assert "Against NAG lr 1, the best hand-designed optimizer" in result.stdout
-    paired = result.stdout.split("Against")[1]
-    rows = {cells[0]: cells[1:] for cells in
-            ([c.strip() for c in line.strip("|").split("|")]
-             for line in paired.splitlines() if line.startswith("| ") and "±" in line)}
-    difference = histories["l2l.csv"][1][:, -1] - histories["nag.csv"][1][:, -1]
-    mean, error = map(float, rows["L2L (LSTM)"][1].split(" ± "))
-    assert mean == pytest.approx(np.mean(difference), abs=1e-4)
-    assert error == pytest.approx(np.std(difference, ddof=1) / np.sqrt(40), abs=1e-4)
+    output, sections = _paired_tables(tmp_path, histories)
+    assert len(sections) == 1
+    title, rows = sections[0]
+    assert title.startswith("NAG lr 1, the best hand-designed optimizer")
+    mean, error, ratio = rows["L2L (LSTM)"]
+    expected = _paired_difference(histories["l2l.csv"][1], histories["nag.csv"][1])
+    assert (mean, error) == pytest.approx(expected, abs=1e-4)
     # Paired, the 0.05 lead is many standard errors; unpaired, the shared luck would hide it.
-    assert float(rows["L2L (LSTM)"][2]) < -10
-    assert float(rows["Adam lr 0.03"][1].split(" ± ")[0]) == pytest.approx(0.1, abs=1e-4)
-    assert "learned lambda" not in rows and "| learned lambda | 40 |" in result.stdout
+    assert ratio < -10
+    assert rows["Adam lr 0.03"][0] == pytest.approx(0.1, abs=1e-4)
+    assert "learned lambda" not in rows and "| learned lambda | 40 |" in output
 
 
 def test_table_pairs_the_lambda_optimizers_with_l2l(tmp_path):
@@ -96,22 +114,16 @@ def test_table_pairs_the_lambda_optimizers_with_l2l(tmp_path):
                                  luck + 0.17 + rng.normal(0, 0.01, [30, 100])),
                  "fixed.csv": ("optimizer=fixed path=z fixed_lambda=0.01 seed=0",
                                luck + 0.10)}
-    paths = [_history(tmp_path / name, header, losses)
-             for name, (header, losses) in histories.items()]
-    result = _run(f"--histories={','.join(paths)}", "--table")
-    assert result.returncode == 0, result.stderr
-    sections = result.stdout.split("Against ")
-    assert len(sections) == 3 and sections[2].startswith("L2L (LSTM), the LSTM without lambda")
-    rows = {cells[0]: cells[1:] for cells in
-            ([c.strip() for c in line.strip("|").split("|")]
-             for line in sections[2].splitlines() if line.startswith("| ") and "±" in line)}
+    _, sections = _paired_tables(tmp_path, histories)
+    assert len(sections) == 2
+    title, rows = sections[1]
+    assert title.startswith("L2L (LSTM), the LSTM without lambda")
     assert set(rows) == {"learned lambda", "fixed lambda 0.01"}
-    difference = histories["learned.csv"][1][:, -1] - histories["l2l.csv"][1][:, -1]
-    mean, error = map(float, rows["learned lambda"][1].split(" ± "))
-    assert mean == pytest.approx(np.mean(difference), abs=1e-4)
-    assert error == pytest.approx(np.std(difference, ddof=1) / np.sqrt(30), abs=1e-4)
-    assert float(rows["learned lambda"][2]) > 10  # 0.02 behind, paired: many errors.
-    assert float(rows["fixed lambda 0.01"][1].split(" ± ")[0]) == pytest.approx(-0.05, abs=1e-4)
+    mean, error, ratio = rows["learned lambda"]
+    expected = _paired_difference(histories["learned.csv"][1], histories["l2l.csv"][1])
+    assert (mean, error) == pytest.approx(expected, abs=1e-4)
+    assert ratio > 10  # 0.02 behind, paired: many standard errors.
+    assert rows["fixed lambda 0.01"][0] == pytest.approx(-0.05, abs=1e-4)
 
 
 def test_vector_output_and_title(tmp_path):
