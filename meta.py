@@ -359,13 +359,13 @@ def _rematerialized_steps(problem, groups, weights, params, states, seeds, first
 CHUNK_COORDINATE_STEPS = 2**15
 
 
-def _separable(groups, carry, instances):
+def _separable(groups, per_instance):
     """Whether the meta-gradient separates coordinate by coordinate (`_coordinatewise_unroll`):
-    one coordinatewise LSTM steps every parameter once, all in one call."""
+    one coordinatewise LSTM steps every one of an instance's `per_instance` parameters once,
+    all in one call."""
     if len(groups) != 1:
         return False
     group = groups[0]
-    per_instance = len(carry.params) // instances
     return (group.batched and isinstance(group.net, networks.CoordinateWiseDeepLSTM)
             and sorted(group.indices) == list(range(per_instance)))
 
@@ -569,7 +569,7 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
     if rematerialize != "off" and second_derivatives:
         raise ValueError("rematerialize reuses first-order gradients; it cannot be combined "
                          "with second_derivatives.")
-    if rematerialize == "chunks" and _separable(groups, carry, instances):
+    if rematerialize == "chunks" and _separable(groups, len(carry.params) // instances):
         return _coordinatewise_unroll(problem, groups[0], weights[groups[0].key], carry, length,
                                       validation, state_reset_period)
     count = 1
@@ -858,6 +858,40 @@ class Unroll:
     def variables(self):
         """The weights this unroll meta-trains (or would)."""
         return list(self._variables)
+
+    @property
+    def rematerialize(self):
+        """How the meta-gradient gets each step's values: "off", "steps" or "chunks" (`unroll`;
+        "chunks" falls back to "steps" where the meta-gradient does not separate)."""
+        return self._options["rematerialize"]
+
+    def kept_bytes_per_step(self):
+        """At least the bytes the meta-gradient keeps in this process (its replicas' instances)
+        for each step of the unroll: what a long unroll or a large meta-batch runs out of memory
+        on. 0 for an unroll without meta-updates.
+
+        Lower bounds, from the networks' state and the optimizee's size for one instance;
+        measured on MNIST (bench/README.md, `--sweep_unroll`), per coordinate and step: "off"
+        keeps 1295 bytes (about 4 times the LSTM's 320 bytes of state: the gates too), "steps"
+        327 (each step's inputs: the state and the gradient), "chunks" 12 (the gradient).
+        """
+        if self.optimizer is None:
+            return 0
+        params = self.problem.init(tf.zeros([2], tf.int32))  # Only the shapes matter.
+        state = tf.nest.flatten(initial_states(self._groups, [params]))
+        state_bytes = sum(t.shape.num_elements() * t.dtype.size for t in state)
+        gradient_bytes = sum(p.shape.num_elements() * p.dtype.size for p in params)
+        mode = self.rematerialize
+        if mode == "chunks" and _separable(self._groups, len(params)):
+            per_instance = gradient_bytes
+        elif mode == "off":
+            per_instance = 3 * state_bytes + gradient_bytes
+        else:
+            per_instance = state_bytes + gradient_bytes
+        if self.strategy is None:
+            return per_instance * self.meta_batch_size
+        per_replica = self.meta_batch_size // self.strategy.num_replicas_in_sync
+        return per_instance * per_replica * len(self.strategy.extended.worker_devices)
 
     @property
     def rematerialize(self):

@@ -122,13 +122,14 @@ def main(argv):
     objective = _meta_objective(config.problem)
     flags_of_run = training.run_flags(FLAGS, objective)
     print(f"Meta-objective: {objective} ({training.OBJECTIVES[objective]}).")
+    built = training.build(FLAGS, config, objective, strategy)  # Before the folder changes.
     if FLAGS.save_path is None:
         print("Nothing will be saved: pass --save_path=DIR to keep the best optimizer and "
               "checkpoints (and to resume).")
     folder = (run_folder.RunFolder.open(FLAGS.save_path, flags_of_run, FLAGS.restart, chief)
               if FLAGS.save_path else None)
     try:
-        return training.train(FLAGS, config, objective, num_unrolls, strategy, folder)
+        return training.train(FLAGS, built, num_unrolls, folder)
     finally:
         if folder:
             folder.close()

@@ -6,17 +6,20 @@ is skipped (it never reaches the weights), a checkpoint is written only of finit
 an evaluation that beats the best so far replaces the saved optimizer set as one unit.
 
 What a run may ask for is bounded before anything is built (`check_flags`, and networks no
-larger than an optimizer file holds), and running out of memory anyway is one line naming the
-flags to lower.
+larger than an optimizer file holds); what is built is checked against the memory this process
+may use (`check_memory`) before the run folder is opened, and running out of memory anyway is
+one line naming the flags to lower.
 """
 
 import glob
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import stat
+from typing import NamedTuple
 
 import util
 util.import_tensorflow()
@@ -105,6 +108,70 @@ class _StopRequest:
     def restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class Built(NamedTuple):
+    """What `build` makes for a run."""
+    optimizer: meta.MetaOptimizer
+    minimize: meta.Unroll  # Meta-training.
+    evaluation: meta.Unroll  # Held-out epochs, `eval_batch` at once.
+    eval_batch: int
+
+
+def build(flags, config, objective, strategy):
+    """The optimizer and its unrolls, checked against this process's memory (`check_memory`).
+
+    Called before the run folder is opened: a run that cannot start (bad options, too large)
+    leaves nothing there that its corrected command would have to `--restart` over.
+
+    Raises:
+      util.FlagError: invalid options, or more memory than the process may use.
+    """
+    try:
+        tf.random.set_seed(flags.seed)  # The networks' initial weights.
+        built = Built(*_build(flags, config, objective, strategy))
+    except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+        raise _out_of_memory(e) from None
+    check_memory(flags, built.minimize, memory_limit())
+    return built
+
+
+def memory_limit():
+    """The most bytes this process can use, or None if unknown: the least of the machine's
+    memory, its control group's limit (cgroup v2 or v1) and the address-space limit."""
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read(64).strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means none; v1 says none with a huge number.
+            limits.append(int(text))
+    address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if address_space != resource.RLIM_INFINITY:
+        limits.append(address_space)
+    return min(limits) if limits else None
+
+
+def check_memory(flags, minimize, limit):
+    """A one-line error when the meta-gradient of an unroll would keep more than `limit` bytes:
+    XLA, out of memory, may crash the process rather than raise."""
+    kept = minimize.kept_bytes_per_step() * flags.unroll_length
+    if limit is None or kept <= limit:
+        return
+    instead = {"off": ", or --rematerialize=steps",
+               "steps": ", or --rematerialize=chunks (for one coordinatewise network: memory that "
+                        "barely grows with the unroll)"}.get(minimize.rematerialize, "")
+    raise util.FlagError(
+        f"--unroll_length={flags.unroll_length} with --meta_batch_size={flags.meta_batch_size} "
+        f"keeps at least {kept / 2**30:.1f} GiB for the meta-gradient, more than the "
+        f"{limit / 2**30:.1f} GiB this process may use; lower {_MEMORY_FLAGS}{instead}.")
 
 
 def _build(flags, config, objective, strategy):
@@ -305,23 +372,28 @@ class _Checkpoints:
                 f"({self.last_good or 'none'}) is intact.") from None
 
 
-def train(flags, config, objective, num_unrolls, strategy, folder):
-    """Meta-trains; returns the exit status (0; 1 after too many non-finite epochs or when the
-    saved best optimizer is left damaged; or the signal's).
+def train(flags, built, num_unrolls, folder):
+    """Meta-trains what `build` made; returns the exit status (0; 1 after too many non-finite
+    epochs or when the saved best optimizer is left damaged; or the signal's).
 
     Raises:
-      util.FlagError: out of memory (the message names the flags to lower), or bad options.
+      util.FlagError: out of memory (the message names the flags to lower).
     """
     try:
-        return _train(flags, config, objective, num_unrolls, strategy, folder)
-    except (tf.errors.ResourceExhaustedError, MemoryError) as e:  # TensorFlow's, or the host's.
-        detail = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0]
-        raise util.FlagError(f"Out of memory ({detail[:120]}); lower {_MEMORY_FLAGS}.") from None
+        return _train(flags, built, num_unrolls, folder)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+        raise _out_of_memory(e) from None
 
 
-def _train(flags, config, objective, num_unrolls, strategy, folder):
-    tf.random.set_seed(flags.seed)  # The networks' initial weights.
-    optimizer, minimize, evaluation, eval_batch = _build(flags, config, objective, strategy)
+def _out_of_memory(error):
+    """TensorFlow's or the host's out-of-memory error as one line naming the flags to lower."""
+    detail = (getattr(error, "message", None) or str(error) or type(error).__name__)
+    return util.FlagError(f"Out of memory ({detail.splitlines()[0][:120]}); lower "
+                          f"{_MEMORY_FLAGS}.")
+
+
+def _train(flags, built, num_unrolls, folder):
+    optimizer, minimize, evaluation, eval_batch = built
     state = _counters()
     checkpoints = None
     if folder:

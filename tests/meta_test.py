@@ -250,6 +250,29 @@ class ModesTest(tf.test.TestCase, parameterized.TestCase):
 class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
     """The rematerialised backward pass gives the meta-gradient of the plain one."""
 
+    def test_kept_bytes_per_step_count_the_state_and_gradients_each_mode_keeps(self):
+        problem = problems.quadratic(batch_size=128, num_dims=10)  # 1280 coordinates.
+        optimizer = meta.MetaOptimizer(cw={"net": "CoordinateWiseDeepLSTM",
+                                           "net_options": {"layers": (20, 20)}})
+        state, gradients = 1280 * 2 * (20 + 20) * 4, 1280 * 4  # h and c of both layers.
+        for rematerialize, per_instance in (("off", 3 * state + gradients),
+                                            ("steps", state + gradients), ("chunks", gradients)):
+            for instances in (1, 3):
+                unroll = optimizer.meta_minimize(problem, 2, rematerialize=rematerialize,
+                                                 meta_batch_size=instances)
+                self.assertEqual(unroll.kept_bytes_per_step(), instances * per_instance)
+        self.assertEqual(optimizer.meta_loss(problem, 2).kept_bytes_per_step(), 0)
+        # Two networks do not separate by coordinate: "chunks" keeps what "steps" does.
+        two = meta.MetaOptimizer(cw={"net": "CoordinateWiseDeepLSTM",
+                                     "net_options": {"layers": (20, 20)}}, sgd={"net": "Sgd"})
+        problem = problems.simple_multi_optimizer()
+        assignments = [("cw", ["x_0"]), ("sgd", ["x_1"])]
+        chunks, steps = (two.meta_minimize(problem, 2, net_assignments=assignments,
+                                           rematerialize=mode).kept_bytes_per_step()
+                         for mode in ("chunks", "steps"))
+        self.assertEqual(chunks, steps)
+        self.assertEqual(steps, 1 * 80 * 4 + 2 * 4)  # One LSTM coordinate; Sgd keeps none.
+
     def _meta_gradient(self, rematerialize, mode, net, objective, reset=0, instances=1):
         tf.random.set_seed(7)
         options = dict(layers=(5, 4), preprocess_name="LogAndSign", preprocess_options={"k": 5})

@@ -778,6 +778,42 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
                         r"keep in memory")
         self.assertFalse(os.path.exists(save_path))
 
+    def test_17_a_meta_gradient_larger_than_memory_is_refused_before_the_folder_changes(self):
+        import training  # pylint: disable=import-outside-toplevel
+        limit = training.memory_limit()
+        self.assertGreater(limit, 2**28)  # This machine's: it has at least 256 MiB.
+        # Per instance and step: 1280 coordinates of state h and c for two layers of 1024.
+        per_instance = 200 * (1280 * 2 * 2048 * 4 + 1280 * 4)
+        instances = limit // per_instance + 1
+        if instances > 1024:
+            self.skipTest(f"{limit / 2**30:.0f} GiB: no --meta_batch_size exceeds it")
+        save_path = os.path.join(self.get_temp_dir(), "large")
+        start = time.monotonic()
+        _one_line_error(self, _run("train.py", "--problem=quadratic", "--num_steps=200",
+                                   "--unroll_length=200", f"--meta_batch_size={instances}",
+                                   '--net_options={"layers": [1024, 1024]}', "--mode=graph",
+                                   f"--save_path={save_path}"),
+                        rf"^train.py: error: --unroll_length=200 with --meta_batch_size="
+                        rf"{instances} keeps at least {instances * per_instance / 2**30:.1f} GiB "
+                        rf"for the meta-gradient, more than the {limit / 2**30:.1f} GiB this "
+                        rf"process may use; lower --unroll_length, --meta_batch_size or the "
+                        rf"layers of --net_options, or --rematerialize=chunks")
+        self.assertLess(time.monotonic() - start, 60)  # Refused before anything is compiled.
+        self.assertFalse(os.path.exists(save_path))
+
+    def test_17_invalid_network_options_leave_no_run_folder_to_restart_over(self):
+        save_path = os.path.join(self.get_temp_dir(), "typo")
+        _one_line_error(self, _run("train.py", *RUN, "--num_epochs=1",
+                                   '--net_options={"preprocess_name": "Nope"}',
+                                   f"--save_path={save_path}"),
+                        r"The optimizer's options are invalid \(Unknown preprocess_name 'Nope'")
+        self.assertFalse(os.path.exists(save_path))
+        corrected = _run("train.py", *RUN, "--num_epochs=2",  # One evaluation: a best file.
+                         '--net_options={"preprocess_name": "identity"}',
+                         f"--save_path={save_path}")
+        self.assertEqual(corrected.returncode, 0, corrected.stderr[-2000:])
+        self.assertTrue(os.path.exists(os.path.join(save_path, "cw.l2l")))
+
     def test_17_running_out_of_memory_is_one_line_naming_the_flags_to_lower(self):
         import training  # pylint: disable=import-outside-toplevel
         for error in (tf.errors.ResourceExhaustedError(
@@ -788,7 +824,7 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
                                             r"while trying to allocate 3.91GiB.|std::bad_alloc)"
                                             r"\); lower --unroll_length, --meta_batch_size or "
                                             r"the layers of --net_options.$"):
-                    training.train(None, None, None, None, None, None)
+                    training.train(None, None, None, None)
 
     def _build(self, net_options):
         import training  # pylint: disable=import-outside-toplevel
