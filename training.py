@@ -13,6 +13,7 @@ one line naming the flags to lower.
 
 import glob
 import json
+import logging
 import os
 import re
 import resource
@@ -260,7 +261,15 @@ def _unusable_state_file(directory):
         return None
     try:
         util.read_file(state, _MAX_STATE_FILE_BYTES, what="checkpoint state file")
-        if tf.train.get_checkpoint_state(directory) is None:
+        # TensorFlow logs a damaged file in two lines of its own; the caller says it in one.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            parsed = tf.train.get_checkpoint_state(directory)
+        finally:
+            logger.setLevel(level)
+        if parsed is None:
             return f"{state} is not a checkpoint state"
     except (util.FileFormatError, ValueError, tf.errors.OpError) as e:
         return str(e).splitlines()[0][:200]
