@@ -130,14 +130,22 @@ class MultiWorkerTest(tf.test.TestCase):
             self.assertAllClose(chief[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
 
     def test_resumes_after_a_worker_is_killed(self):
+        self._resumes_after_a_kill(killed=1)
+
+    def test_resumes_after_the_chief_is_killed(self):
+        # The chief holds the folder's lock and writes the checkpoints: killed at any moment,
+        # the lock goes with it and the last complete checkpoint is resumed from.
+        self._resumes_after_a_kill(killed=0)
+
+    def _resumes_after_a_kill(self, killed):
         tmp = self.get_temp_dir()
         save_path = os.path.join(tmp, "killed")
         args = [*RUN, "--num_epochs=8", f"--save_path={save_path}"]
         workers = _Workers(tmp, *args)
         try:
             _read_until(workers.processes[0], "Epoch 3")
-            workers.processes[1].send_signal(signal.SIGKILL)
-            # The chief cannot go on without its peer: it fails or waits; end it as well.
+            workers.processes[killed].send_signal(signal.SIGKILL)
+            # The other cannot go on without its peer: it fails or waits; end it as well.
             time.sleep(2)
         finally:
             workers.stop()
