@@ -30,6 +30,10 @@ flags.DEFINE_integer("log_period", 100, "Log period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_period", 1000, "Evaluation period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_epochs", 20, "Number of evaluation epochs.", lower_bound=1,
                      upper_bound=10**6)
+flags.DEFINE_integer("evaluation_seed", None, "Seed of the evaluations' held-out epochs (those "
+                     "of evaluate.py --split=validation --seed=<it>); default: --seed. Give "
+                     "runs of several --seed the same one to choose between them on the same "
+                     "epochs.", lower_bound=0)
 flags.DEFINE_integer("unroll_length", 20, "Meta-optimizer unroll length.", lower_bound=1,
                      upper_bound=10**4)
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of the meta-optimizer (Adam).")

@@ -530,8 +530,9 @@ def _evaluate(flags, evaluation, batch, optimizer, state, epoch, folder, checkpo
     many evaluations would be mostly the luckiest set of epochs.
     """
     results = []
+    seed = flags.seed if flags.evaluation_seed is None else flags.evaluation_seed
     while len(results) < flags.evaluation_epochs:
-        seeds = np.stack([meta.epoch_seed(flags.seed, meta.VALIDATION, len(results) + i)
+        seeds = np.stack([meta.epoch_seed(seed, meta.VALIDATION, len(results) + i)
                           for i in range(batch)])
         state["evaluations"].assign_add(batch)
         results += meta.run_epochs(evaluation, flags.num_steps // evaluation.unroll_length,

@@ -112,23 +112,29 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertGreater(np.min(np.abs(losses["test"][:, 0] - losses["validation"][:, 0])),
                            1e-3 * np.mean(losses["validation"][:, 0]))
 
-    def test_evaluations_run_the_held_out_epochs_of_evaluate_split_validation(self):
-        # train.py's evaluations all run validation epochs 0 .. evaluation_epochs - 1, those of
-        # evaluate.py --split=validation: the kept optimizer's recorded evaluation is its mean
-        # final loss there.
+    @parameterized.parameters(([], 0), (["--seed=1"], 1),
+                              (["--seed=1", "--evaluation_seed=0"], 0))
+    def test_evaluations_run_the_held_out_epochs_of_evaluate_split_validation(self, seeds,
+                                                                              epochs_seed):
+        # train.py's evaluations all run validation epochs 0 .. evaluation_epochs - 1 of
+        # --evaluation_seed (default --seed), those of evaluate.py --split=validation with that
+        # --seed: the kept optimizer's recorded evaluation is its mean final loss there.
         save_path = os.path.join(self.get_temp_dir(), "kept")
         history = os.path.join(self.get_temp_dir(), "kept.csv")
         train = run("train.py", "--problem=quadratic", "--num_epochs=3", "--evaluation_period=1",
                     "--evaluation_epochs=3", "--learning_rate=0.01", f"--save_path={save_path}",
-                    *TINY)
+                    *seeds, *TINY)
         self.assertEqual(train.returncode, 0, train.stderr)
         recorded = weights_file.load(os.path.join(save_path, "cw.l2l")).metadata["evaluation"]
-        evaluate = run("evaluate.py", "--problem=quadratic", f"--path={save_path}",
-                       "--split=validation", "--num_epochs=3", "--num_steps=4",
-                       f"--history_path={history}")
-        self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
-        _, losses = cli.read_history(history)
-        self.assertAllClose(np.mean(losses[:, -1]), recorded, rtol=1e-4)
+        means = {}
+        for seed in (0, 1):
+            evaluate = run("evaluate.py", "--problem=quadratic", f"--path={save_path}",
+                           "--split=validation", "--num_epochs=3", "--num_steps=4",
+                           f"--seed={seed}", f"--history_path={history}")
+            self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
+            means[seed] = np.mean(cli.read_history(history)[1][:, -1])
+        self.assertAllClose(means[epochs_seed], recorded, rtol=1e-4)
+        self.assertNotAllClose(means[1 - epochs_seed], recorded, rtol=1e-3)
 
     def test_evaluate_runs_tensorflow_adam(self):
         result = run("evaluate.py", "--problem=quadratic", "--optimizer=Adam",
