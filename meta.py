@@ -572,7 +572,6 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
     if rematerialize == "chunks" and _separable(groups, len(carry.params) // instances):
         return _coordinatewise_unroll(problem, groups[0], weights[groups[0].key], carry, length,
                                       validation, state_reset_period)
-    count = 1
 
     def accumulate(acc, stats):
         return {key: tf.stack([a[0] + stats[key][0], tf.minimum(a[1], stats[key][1]),
@@ -594,29 +593,30 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
         return params, states, objectives, tf.stack(step_losses)[None], lambdas
 
     def body(position, params, states, losses, objectives, lambda_acc):
-        first = carry.step + position * count
+        step = carry.step + position
         if rematerialize != "off":
+            # One step per region: segments of 5 steps measured 40% slower (bench/README.md).
             params, states, terms, step_losses, stats = _rematerialized_steps(
-                problem, groups, weights, params, states, carry.seed, first, count,
-                validation, state_reset_period)
+                problem, groups, weights, params, states, carry.seed, step, 1, validation,
+                state_reset_period)
             objectives = [o + t for o, t in zip(objectives, terms)]
         else:
-            params, states, objectives, step_losses, stats = plain_step(first, params, states,
+            params, states, objectives, step_losses, stats = plain_step(step, params, states,
                                                                        objectives)
-        for j in range(count):
-            losses = losses.write(position * count + j, step_losses[j])
+        losses = losses.write(position, step_losses[0])
         return params, states, losses, objectives, accumulate(lambda_acc, stats)
 
-    params, states, losses, objectives, lambda_acc = while_steps(length // count, body, (
+    params, states, losses, objectives, lambda_acc = while_steps(length, body, (
         by_instance(carry.params, instances), list(carry.states),
         tf.TensorArray(dtype, size=length + 1), [tf.zeros([], dtype)] * instances,
         {key: tf.constant([0.0, np.inf, -np.inf], dtype) for key in lambda_keys}))
     step = carry.step + length
     finals = []
+    # The last iterate's loss terms; with rematerialisation its gradients are reused, as in the
+    # regions.
+    loss_at = ((lambda p, data: loss_with_known_gradients(problem, p, data)[0])
+               if rematerialize != "off" else problem.loss)
     for b in range(instances):
-        # The last iterate's loss terms; its gradients are reused as in the segments.
-        loss_at = ((lambda p, data: loss_with_known_gradients(problem, p, data)[0])
-                   if rematerialize != "off" else problem.loss)
         finals.append(loss_at(params[b], problem.sample(carry.seed[b], step)))
         objectives[b] += (loss_at(params[b], problem.sample_validation(carry.seed[b], step))
                           if validation else finals[-1])
@@ -892,11 +892,6 @@ class Unroll:
             return per_instance * self.meta_batch_size
         per_replica = self.meta_batch_size // self.strategy.num_replicas_in_sync
         return per_instance * per_replica * len(self.strategy.extended.worker_devices)
-
-    @property
-    def rematerialize(self):
-        """How the meta-gradient's backward pass gets each step's values (see `unroll`)."""
-        return self._options["rematerialize"]
 
     def reset(self, seed):
         """Starts an epoch: new parameters, data and zero states.

@@ -181,16 +181,16 @@ class _ArrayInitializer(snt.initializers.Initializer):
     def __init__(self, value, where):
         self._value, self._where = np.asarray(value), where
         if not np.issubdtype(self._value.dtype, np.number) or self._value.dtype == bool:
-            raise util.OptionError(f"Initializer of {where} is an array of {self._value.dtype}, not "
-                            f"numbers.")
+            raise util.OptionError(f"Initializer of {where} is an array of "
+                                   f"{self._value.dtype}, not numbers.")
 
     def __call__(self, shape, dtype):
         size = math.prod(shape)
         flat = self._value.reshape(-1)
         if flat.size > size or flat.size == 0:
-            raise util.OptionError(f"Weights {self._where} have shape {tuple(self._value.shape)}; "
-                             f"the network needs {tuple(shape)}, and {flat.size} values cannot "
-                             f"fill {size}.")
+            raise util.OptionError(f"Weights {self._where} have shape "
+                                   f"{tuple(self._value.shape)}; the network needs "
+                                   f"{tuple(shape)}, and {flat.size} values cannot fill {size}.")
         if flat.size < size:
             flat = np.concatenate([flat, np.full(size - flat.size, flat[-1], flat.dtype)])
         return tf.constant(flat.reshape(shape), dtype=dtype)
@@ -207,7 +207,7 @@ class _CallableInitializer(snt.initializers.Initializer):
             values = self._fn(list(shape), dtype=dtype)
         except ValueError as e:  # E.g. "orthogonal" for a bias: TF1's error, with its variable.
             raise util.OptionError(f"The initializer of {self._where} cannot make shape "
-                             f"{tuple(shape)}: {str(e).splitlines()[0]}") from None
+                                   f"{tuple(shape)}: {str(e).splitlines()[0]}") from None
         return tf.cast(tf.convert_to_tensor(values), dtype)
 
 
@@ -226,10 +226,10 @@ def _convert_initializer(spec, where):
     """A Sonnet initializer from a TF1 initializer name, an array or any initializer callable."""
     if isinstance(spec, str):
         if spec not in _NAMED_INITIALIZERS:
-            raise util.OptionError(f"Unknown initializer {spec!r} for {where}; a name is one of TF1's "
-                             f"tf.<name>_initializer, as in the original: "
-                             f"{', '.join(_NAMED_INITIALIZERS)} (or pass an initializer, a "
-                             f"callable, an array or a dict).")
+            raise util.OptionError(f"Unknown initializer {spec!r} for {where}; a name is one of "
+                                   f"TF1's tf.<name>_initializer, as in the original: "
+                                   f"{', '.join(_NAMED_INITIALIZERS)} (or pass an initializer, "
+                                   f"a callable, an array or a dict).")
         return _CallableInitializer(_NAMED_INITIALIZERS[spec](dtype=tf.float32), where)
     if isinstance(spec, snt.initializers.Initializer):
         return spec
