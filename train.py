@@ -30,6 +30,9 @@ flags.DEFINE_integer("log_period", 100, "Log period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_period", 1000, "Evaluation period (epochs).", lower_bound=1)
 flags.DEFINE_integer("evaluation_epochs", 20, "Number of evaluation epochs.", lower_bound=1,
                      upper_bound=10**6)
+flags.DEFINE_integer("evaluation_num_steps", None, "Optimizee steps of each evaluation epoch; "
+                     "default: --num_steps. Train on a longer horizon than the one the kept "
+                     "optimizer is chosen on.", lower_bound=1, upper_bound=10**6)
 flags.DEFINE_integer("evaluation_seed", None, "Seed of the evaluations' held-out epochs (those "
                      "of evaluate.py --split=validation --seed=<it>); default: --seed. Give "
                      "runs of several --seed the same one to choose between them on the same "

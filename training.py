@@ -42,10 +42,11 @@ RUN_FLAGS = ("problem", "num_steps", "unroll_length", "learning_rate", "second_d
              "seed", "which_aml", "meta_objective", "state_reset_period", "net_options",
              "meta_batch_size", "initial_path")
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
-# The meta-gradient of an unroll keeps every step's state: memory grows with its length. The
-# paper unrolls 20 steps; ten times that fits a small problem in well under a gigabyte. Only
-# --rematerialize=chunks keeps so little per step (the gradients) that longer unrolls fit.
-MAX_UNROLL_LENGTH = 200
+# The meta-gradient of an unroll keeps every step's state: memory grows with its length
+# (`check_memory` refuses what this machine cannot hold). The paper unrolls 20 steps; MNIST's
+# whole 400-step epochs keep about 2 GiB. Only --rematerialize=chunks keeps so little per step
+# (the gradients) that longer unrolls are reasonable.
+MAX_UNROLL_LENGTH = 1000
 # What a run that exhausts memory can lower.
 _MEMORY_FLAGS = "--unroll_length, --meta_batch_size or the layers of --net_options"
 
@@ -211,12 +212,17 @@ def _build(flags, config, objective, strategy):
         # Held-out epochs (validation data where the problem has data) choose the optimizer to
         # keep, several at once (each replica its share): the numbers of one at a time.
         evaluation = optimizer.meta_loss(
-            eval_config.problem, meta.eval_unroll_length(flags.num_steps),
+            eval_config.problem, meta.eval_unroll_length(evaluation_steps(flags)),
             net_assignments=eval_config.net_assignments,
             state_reset_period=flags.state_reset_period, mode=flags.mode,
             meta_batch_size=evaluation_batch(flags.evaluation_epochs, replicas),
             strategy=strategy)
     return optimizer, minimize, evaluation, evaluation.meta_batch_size
+
+
+def evaluation_steps(flags):
+    """Optimizee steps per evaluation epoch: --evaluation_num_steps, default --num_steps."""
+    return flags.evaluation_num_steps or flags.num_steps
 
 
 def evaluation_batch(epochs, replicas, most=4):
@@ -535,7 +541,7 @@ def _evaluate(flags, evaluation, batch, optimizer, state, epoch, folder, checkpo
         seeds = np.stack([meta.epoch_seed(seed, meta.VALIDATION, len(results) + i)
                           for i in range(batch)])
         state["evaluations"].assign_add(batch)
-        results += meta.run_epochs(evaluation, flags.num_steps // evaluation.unroll_length,
+        results += meta.run_epochs(evaluation, evaluation_steps(flags) // evaluation.unroll_length,
                                    seeds)
     results = results[:flags.evaluation_epochs]
     eval_cost = sum(r.final_loss for r in results)

@@ -112,29 +112,39 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertGreater(np.min(np.abs(losses["test"][:, 0] - losses["validation"][:, 0])),
                            1e-3 * np.mean(losses["validation"][:, 0]))
 
-    @parameterized.parameters(([], 0), (["--seed=1"], 1),
-                              (["--seed=1", "--evaluation_seed=0"], 0))
-    def test_evaluations_run_the_held_out_epochs_of_evaluate_split_validation(self, seeds,
-                                                                              epochs_seed):
+    @parameterized.parameters(([], 0, 4), (["--seed=1"], 1, 4),
+                              (["--seed=1", "--evaluation_seed=0"], 0, 4),
+                              (["--evaluation_num_steps=12"], 0, 12))
+    def test_evaluations_run_the_held_out_epochs_of_evaluate_split_validation(self, flags,
+                                                                              epochs_seed,
+                                                                              steps):
         # train.py's evaluations all run validation epochs 0 .. evaluation_epochs - 1 of
-        # --evaluation_seed (default --seed), those of evaluate.py --split=validation with that
-        # --seed: the kept optimizer's recorded evaluation is its mean final loss there.
+        # --evaluation_seed (default --seed), --evaluation_num_steps (default --num_steps) steps
+        # each, those of evaluate.py --split=validation with that --seed and --num_steps: the
+        # kept optimizer's recorded evaluation is its mean final loss there.
         save_path = os.path.join(self.get_temp_dir(), "kept")
         history = os.path.join(self.get_temp_dir(), "kept.csv")
         train = run("train.py", "--problem=quadratic", "--num_epochs=3", "--evaluation_period=1",
                     "--evaluation_epochs=3", "--learning_rate=0.01", f"--save_path={save_path}",
-                    *seeds, *TINY)
+                    *flags, *TINY)
         self.assertEqual(train.returncode, 0, train.stderr)
         recorded = weights_file.load(os.path.join(save_path, "cw.l2l")).metadata["evaluation"]
         means = {}
         for seed in (0, 1):
             evaluate = run("evaluate.py", "--problem=quadratic", f"--path={save_path}",
-                           "--split=validation", "--num_epochs=3", "--num_steps=4",
+                           "--split=validation", "--num_epochs=3", f"--num_steps={steps}",
                            f"--seed={seed}", f"--history_path={history}")
             self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
             means[seed] = np.mean(cli.read_history(history)[1][:, -1])
         self.assertAllClose(means[epochs_seed], recorded, rtol=1e-4)
         self.assertNotAllClose(means[1 - epochs_seed], recorded, rtol=1e-3)
+        if steps != 4:  # Not the --num_steps=4 loss: these epochs ran to step 12.
+            evaluate = run("evaluate.py", "--problem=quadratic", f"--path={save_path}",
+                           "--split=validation", "--num_epochs=3", "--num_steps=4",
+                           f"--history_path={history}")
+            self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
+            self.assertNotAllClose(np.mean(cli.read_history(history)[1][:, -1]), recorded,
+                                   rtol=1e-3)
 
     def test_evaluate_runs_tensorflow_adam(self):
         result = run("evaluate.py", "--problem=quadratic", "--optimizer=Adam",

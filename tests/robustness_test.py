@@ -777,7 +777,7 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
         save_path = os.path.join(self.get_temp_dir(), "long")
         _one_line_error(self, _run("train.py", "--problem=quadratic", "--num_steps=10000",
                                    "--unroll_length=10000", f"--save_path={save_path}"),
-                        r"--unroll_length=10000 is more than the 200 steps a meta-gradient can "
+                        r"--unroll_length=10000 is more than the 1000 steps a meta-gradient can "
                         r"keep in memory")
         self.assertFalse(os.path.exists(save_path))
 
