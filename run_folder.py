@@ -40,6 +40,9 @@ _BEST_DIR = re.compile(r"\.best-\d{6,}-[0-9a-f]{8}")
 _TEMPORARY = re.compile(re.escape(util.TEMP_PREFIX) + r"[A-Za-z0-9_]+"
                         r"|(best|[^/]+\.l2l)\.tmp-[0-9a-f]{8}")
 MAX_RUN_FILE_BYTES = 2**20
+# Recorded in run.json since the evaluations' settings were (December 2026): the records of
+# older runs lack them, and those runs resume as they did.
+LATER_RUN_FLAGS = ("evaluation_num_steps", "evaluation_epochs", "evaluation_seed")
 
 
 class RunFolder:
@@ -262,7 +265,8 @@ def _open_run(path, flags_of_run, restart):
     elif _has_run(path):
         run = _read_run(path)
         recorded = run["flags"]
-        differ = [name for name in flags_of_run if recorded.get(name) != flags_of_run[name]]
+        differ = [name for name in flags_of_run if recorded.get(name) != flags_of_run[name]
+                  and (name in recorded or name not in LATER_RUN_FLAGS)]
         if differ:
             was = ", ".join(f"--{name}={recorded.get(name)}" for name in differ)
             raise util.FlagError(f"--save_path {path} holds a run with {was}; resume it with "

@@ -69,6 +69,12 @@ def run_flags(flags, objective):
     check_flags(flags)
     values = {name: flags[name].value for name in RUN_FLAGS + configs.KIND_FLAGS[flags.which_aml]}
     values["meta_objective"] = objective
+    # The evaluations decide which optimizer is kept: a resume that evaluated on other epochs
+    # or another horizon would compare its losses with incomparable ones. Recorded as resolved
+    # (the defaults' values), so that spelling out a default still resumes.
+    values.update(evaluation_num_steps=evaluation_steps(flags),
+                  evaluation_epochs=flags.evaluation_epochs,
+                  evaluation_seed=evaluation_seed(flags))
     return values
 
 
@@ -223,6 +229,11 @@ def _build(flags, config, objective, strategy):
 def evaluation_steps(flags):
     """Optimizee steps per evaluation epoch: --evaluation_num_steps, default --num_steps."""
     return flags.evaluation_num_steps or flags.num_steps
+
+
+def evaluation_seed(flags):
+    """Seed of the evaluations' held-out epochs: --evaluation_seed, default --seed."""
+    return flags.seed if flags.evaluation_seed is None else flags.evaluation_seed
 
 
 def evaluation_batch(epochs, replicas, most=4):
@@ -536,7 +547,7 @@ def _evaluate(flags, evaluation, batch, optimizer, state, epoch, folder, checkpo
     many evaluations would be mostly the luckiest set of epochs.
     """
     results = []
-    seed = flags.seed if flags.evaluation_seed is None else flags.evaluation_seed
+    seed = evaluation_seed(flags)
     while len(results) < flags.evaluation_epochs:
         seeds = np.stack([meta.epoch_seed(seed, meta.VALIDATION, len(results) + i)
                           for i in range(batch)])

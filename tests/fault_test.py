@@ -1,5 +1,6 @@
 """Fault tolerance of train.py: resume after SIGKILL, SIGINT, non-finite losses, bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -112,13 +113,50 @@ class ResumeTest(tf.test.TestCase):
                               f"--save_path={save_path}").returncode, 0)
         other = _run("train.py", *RUN, "--num_epochs=2", "--seed=5", f"--save_path={save_path}")
         self.assertEqual(other.returncode, 1)
-        self.assertIn("holds a run with --seed=0; resume it with the same flags, or pass "
-                      "--restart", other.stderr)
+        # --seed is the default --evaluation_seed: both change.
+        self.assertIn("holds a run with --seed=0, --evaluation_seed=0; resume it with the same "
+                      "flags, or pass --restart", other.stderr)
         restarted = _run("train.py", *RUN, "--num_epochs=2", "--seed=5", "--restart",
                          f"--save_path={save_path}")
         self.assertEqual(restarted.returncode, 0, restarted.stderr)
         self.assertNotIn("Resuming", restarted.stdout)
         self.assertIn("Epoch 1", restarted.stdout)
+
+
+    def test_a_resume_evaluating_otherwise_is_refused_and_keeps_the_best(self):
+        # The kept optimizer is the best of the run's evaluations: those of a resume on other
+        # held-out epochs or another horizon are not comparable with them.
+        save_path = os.path.join(self.get_temp_dir(), "run")
+        self.assertEqual(_run("train.py", *RUN, "--num_epochs=4",
+                              f"--save_path={save_path}").returncode, 0)
+        best = os.path.join(save_path, "cw.l2l")
+        with open(best, "rb") as f:
+            kept = f.read()
+        for flag, recorded in (("--evaluation_epochs=2", "--evaluation_epochs=1"),
+                               ("--evaluation_num_steps=2", "--evaluation_num_steps=4"),
+                               ("--evaluation_seed=3", "--evaluation_seed=0")):
+            other = _run("train.py", *RUN, "--num_epochs=8", flag, f"--save_path={save_path}")
+            self.assertEqual(other.returncode, 1, flag)
+            self.assertIn(f"holds a run with {recorded}; resume it with the same flags",
+                          other.stderr)
+            with open(best, "rb") as f:
+                self.assertEqual(f.read(), kept, flag)
+        # The defaults spelled out are the same evaluations; a record from before they were
+        # recorded resumes as it did.
+        same = _run("train.py", *RUN, "--num_epochs=5", "--evaluation_num_steps=4",
+                    "--evaluation_seed=0", f"--save_path={save_path}")
+        self.assertEqual(same.returncode, 0, same.stderr)
+        self.assertIn("Resuming from epoch 4 of 5", same.stdout)
+        run_file = os.path.join(save_path, "run.json")
+        with open(run_file) as f:
+            run = json.load(f)
+        for name in ("evaluation_num_steps", "evaluation_epochs", "evaluation_seed"):
+            del run["flags"][name]
+        with open(run_file, "w") as f:
+            json.dump(run, f)
+        older = _run("train.py", *RUN, "--num_epochs=6", f"--save_path={save_path}")
+        self.assertEqual(older.returncode, 0, older.stderr)
+        self.assertIn("Resuming from epoch 5 of 6", older.stdout)
 
 
 class EvaluationBatchTest(tf.test.TestCase):
