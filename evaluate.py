@@ -133,7 +133,14 @@ def _learned_optimizer(config):
     optimizer = meta.MetaOptimizer(**net_config)
     lambdas = {net.options["fixed_lambda"] for net in optimizer.nets.values()
                if "fixed_lambda" in net.options}
-    return optimizer, (lambdas.pop() if len(lambdas) == 1 else None)
+    files = [config["net_path"] for config in net_config.values() if "net_path" in config]
+    return optimizer, (lambdas.pop() if len(lambdas) == 1 else None), files
+
+
+def file_digest(path):
+    """The first 16 hex digits of a file's SHA-256: `sha256sum FILE | cut -c1-16`."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def _batch_size():
@@ -246,10 +253,14 @@ def main(argv):
                   for seed in seeds]
         mode, settings = unroll.mode, f"learning_rate={learning_rate!r}{tuned}"
     else:
-        optimizer, fixed_lambda = _learned_optimizer(config)
+        optimizer, fixed_lambda, files = _learned_optimizer(config)
         epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
+        # The files' contents, not only their names: reproduce.sh re-evaluates a history whose
+        # optimizer file has since been replaced, whatever the files' modification times.
+        digests = ",".join(file_digest(f) for f in files)
         settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
-                    + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}"))
+                    + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}")
+                    + (f" sha256={digests}" if digests else ""))
 
     cli.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
                     sum(e.time for e in epochs), FLAGS.num_epochs)

@@ -11,7 +11,7 @@
 # Histories go to results/histories/, plots to results/<case>.png, the table to
 # results/table.md: the cases run replace their own sections of it, the others stay as they are.
 # A history is reused when its header records the settings asked for (and, for a learned
-# optimizer, its file is not newer than the history); else it is evaluated again.
+# optimizer, the SHA-256 of the file's content); else it is evaluated again.
 # Every run uses --seed=0: all optimizers see the same problems and batches. About 8 minutes per
 # 100-step MNIST-sized problem on one CPU core.
 set -euo pipefail
@@ -56,7 +56,11 @@ up_to_date() {  # history, then evaluate.py flags: whether the history is of tho
   shift
   for flag in "$@"; do
     [[ $header == *" ${flag#--} "* ]] || return 1
-    if [[ $flag == --path=* && ${flag#--path=} -nt $history ]]; then return 1; fi
+    # The optimizer file's content, as evaluate.py records it: a replaced file is evaluated
+    # again, a file only touched (a checkout, a copy) is not.
+    if [[ $flag == --path=* ]]; then
+      [[ $header == *" sha256=$(sha256sum "${flag#--path=}" | cut -c1-16) "* ]] || return 1
+    fi
   done
 }
 

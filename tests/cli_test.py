@@ -1,6 +1,7 @@
 """End-to-end tests of train.py and evaluate.py, each run in a subprocess as a user would."""
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -136,6 +137,9 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
                            f"--seed={seed}", f"--history_path={history}")
             self.assertEqual(evaluate.returncode, 0, evaluate.stderr)
             means[seed] = np.mean(cli.read_history(history)[1][:, -1])
+        with open(os.path.join(save_path, "cw.l2l"), "rb") as f:  # What reproduce.sh compares.
+            self.assertIn(f" sha256={hashlib.sha256(f.read()).hexdigest()[:16]} ",
+                          cli.read_history(history)[0])
         self.assertAllClose(means[epochs_seed], recorded, rtol=1e-4)
         self.assertNotAllClose(means[1 - epochs_seed], recorded, rtol=1e-3)
         if steps != 4:  # Not the --num_steps=4 loss: these epochs ran to step 12.

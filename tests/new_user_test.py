@@ -22,13 +22,16 @@ QUICK = ["--num_steps=4", "--unroll_length=2", "--log_period=1", "--evaluation_p
 # each call, writes a history whose header records its settings as evaluate.py's does, a table
 # naming the histories and a "figure"; STUB_FAIL=plot makes plot.py fail.
 STUB_PYTHON = """#!{python}
-import os, sys
+import hashlib, os, sys
 script, args = sys.argv[1], sys.argv[2:]
 with open("calls.log", "a") as log:
     log.write(" ".join(sys.argv[1:]) + "\\n")
 values = dict(arg[2:].split("=", 1) for arg in args if "=" in arg)
 if script == "evaluate.py":
     settings = [a[2:] for a in args if not a.startswith(("--history_path=", "--data_dir="))]
+    if "path" in values:
+        with open(values["path"], "rb") as f:
+            settings.append("sha256=" + hashlib.sha256(f.read()).hexdigest()[:16])
     with open(values["history_path"], "w") as f:
         f.write("# " + " ".join(settings) + "\\n1,0.5\\n")
 elif os.environ.get("STUB_FAIL") == "plot":
@@ -146,13 +149,20 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
                          ["histories", "quadratic.png", "table.md"])  # No temporary left.
         after_first_run = open(table).read()
 
-        # Histories of the settings asked for are reused; a newer optimizer file or other
-        # settings run again.
+        # Histories of the settings asked for are reused, also after the optimizer file was
+        # touched; a replaced optimizer file or other settings run again.
         result, evaluations = self._reproduce(folder, "quadratic")
         self.assertEqual((result.returncode, evaluations), (0, []), result.stderr)
         self.assertEqual(open(table).read(), after_first_run)
+        shipped = os.path.join(folder, "saved_optimizers", "quadratic", "cw.l2l")
         later = time.time() + 10
-        os.utime(os.path.join(folder, "saved_optimizers", "quadratic", "cw.l2l"), (later, later))
+        os.utime(shipped, (later, later))
+        result, evaluations = self._reproduce(folder, "quadratic")
+        self.assertEqual((result.returncode, evaluations), (0, []), result.stderr)
+        earlier = time.time() - 3600  # Replaced by an older file: mtimes would miss it.
+        with open(shipped, "w") as f:
+            f.write("another optimizer")
+        os.utime(shipped, (earlier, earlier))
         result, evaluations = self._reproduce(folder, "quadratic")
         self.assertLen(evaluations, 1)
         self.assertIn("--optimizer=L2L", evaluations[0])
