@@ -137,7 +137,7 @@ def _learned_optimizer(config):
     return optimizer, (lambdas.pop() if len(lambdas) == 1 else None), files
 
 
-def file_digest(path):
+def _file_digest(path):
     """The first 16 hex digits of a file's SHA-256: `sha256sum FILE | cut -c1-16`."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
@@ -257,7 +257,7 @@ def main(argv):
         epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
         # The files' contents, not only their names: reproduce.sh re-evaluates a history whose
         # optimizer file has since been replaced, whatever the files' modification times.
-        digests = ",".join(file_digest(f) for f in files)
+        digests = ",".join(_file_digest(f) for f in files)
         settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
                     + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}")
                     + (f" sha256={digests}" if digests else ""))

@@ -122,7 +122,6 @@ class ResumeTest(tf.test.TestCase):
         self.assertNotIn("Resuming", restarted.stdout)
         self.assertIn("Epoch 1", restarted.stdout)
 
-
     def test_a_resume_evaluating_otherwise_is_refused_and_keeps_the_best(self):
         # The kept optimizer is the best of the run's evaluations: those of a resume on other
         # held-out epochs or another horizon are not comparable with them.
