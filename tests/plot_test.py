@@ -101,6 +101,8 @@ def test_table_pairs_every_optimizer_with_the_best_baseline(tmp_path):
     assert (mean, error) == pytest.approx(expected, abs=1e-4)
     # Paired, the 0.05 lead is many standard errors; unpaired, the shared luck would hide it.
     assert ratio < -10
+    # To two decimals, so that 2.98 is not read as the 3 a claim needs.
+    assert ratio == pytest.approx(expected[0] / expected[1], abs=0.006)
     assert rows["Adam lr 0.03"][0] == pytest.approx(0.1, abs=1e-4)
     assert "learned lambda" not in rows and "| learned lambda | 40 |" in output
 
