@@ -119,7 +119,8 @@ def _check_flags(argv):
 
 
 def _learned_optimizer(config):
-    """The MetaOptimizer of --optimizer and --path, and the lambda it uses (fixed lambda only)."""
+    """The MetaOptimizer of --optimizer and --path, the lambda it uses (fixed lambda only) and the
+    optimizer files it loaded."""
     import meta  # pylint: disable=import-outside-toplevel
     net_config = config.net_config
     if FLAGS.path is None:
@@ -133,7 +134,7 @@ def _learned_optimizer(config):
     optimizer = meta.MetaOptimizer(**net_config)
     lambdas = {net.options["fixed_lambda"] for net in optimizer.nets.values()
                if "fixed_lambda" in net.options}
-    files = [config["net_path"] for config in net_config.values() if "net_path" in config]
+    files = [net["net_path"] for net in net_config.values() if "net_path" in net]
     return optimizer, (lambdas.pop() if len(lambdas) == 1 else None), files
 
 
