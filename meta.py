@@ -16,7 +16,7 @@ through an epoch; `run_epoch` runs whole epochs.
 import contextlib
 import os
 import time
-from typing import Any, Dict, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 from absl import logging
 
@@ -29,6 +29,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
 import configs  # noqa: E402  pylint: disable=wrong-import-position
 import networks  # noqa: E402  pylint: disable=wrong-import-position
+import problems as problems_lib  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_NET_CONFIG = {
@@ -144,10 +145,10 @@ class UnrollResult(NamedTuple):
 
 
 class Group(NamedTuple):
-    """One network and the parameters it optimizes."""
+    """One network and the parameters it optimizes, in every instance of the meta-batch."""
     key: str
     net: networks.Network
-    indices: List[int]
+    members: Tuple[Tuple[int, int], ...]  # (instance, index of the parameter in its problem).
     batched: bool  # All coordinates of all its parameters go through one network call.
 
 
@@ -164,22 +165,37 @@ def _unflat(flat, like):
     return [tf.reshape(p, t.shape) for p, t in zip(parts, like)]
 
 
-def by_instance(params, instances):
-    """A flat list of the instances' parameters, instance after instance, as a list per instance."""
-    size = len(params) // instances
-    return [list(params[b * size:(b + 1) * size]) for b in range(instances)]
+def by_instance(params, counts):
+    """A flat list of the instances' parameters, instance after instance, as a list per instance.
+
+    `counts` is the number of parameters of each instance's problem (`parameter_counts`).
+    """
+    offsets = np.cumsum([0] + list(counts))
+    return [list(params[offsets[b]:offsets[b + 1]]) for b in range(len(counts))]
 
 
-def _members(group, params):
-    """`(instance, index)` of the group's parameters in every instance, instance by instance."""
-    return [(b, i) for b in range(len(params)) for i in group.indices]
+def parameter_counts(problems):
+    """The number of parameter tensors of each instance's problem."""
+    return [len(problem.names) for problem in problems]
+
+
+def instance_problems(problem, instances):
+    """One problem per instance: `problem` repeated, or a list of as many problems (checked)."""
+    if isinstance(problem, problems_lib.Problem):
+        return [problem] * instances
+    problems = list(problem)
+    if len(problems) != instances or not all(isinstance(p, problems_lib.Problem)
+                                            for p in problems):
+        raise ValueError(f"Expected a Problem or a list of {instances} Problems (one per "
+                         f"instance), got {len(problems)} items.")
+    return problems
 
 
 def initial_states(groups, params):
     """The networks' zero states for `params` (a list per instance), one entry per group."""
     states = []
     for group in groups:
-        group_params = [params[b][i] for b, i in _members(group, params)]
+        group_params = [params[b][i] for b, i in group.members]
         if group.batched:
             states.append(group.net.initial_state_for_inputs(_flat(group_params)))
         else:
@@ -233,7 +249,7 @@ def apply_networks(groups, weights, params, grads, states):
     for group, state in zip(groups, states):
         net, group_weights = group.net, weights[group.key]
         step = net.step
-        members = _members(group, params)
+        members = group.members
         group_params = [params[b][i] for b, i in members]
         group_grads = [grads[b][i] for b, i in members]
         if group.batched:
@@ -265,7 +281,7 @@ def _reset_states(groups, params, states, step, state_reset_period):
                                  initial_states(groups, params), states)
 
 
-def _known_terms(problem, params, seeds, step, validation):
+def _known_terms(problems, params, seeds, step, validation):
     """Each instance's `(loss, gradients, objective, objective's gradients)` at its iterate.
 
     First-order: every gradient is a constant of the networks. The objective is the loss
@@ -273,7 +289,7 @@ def _known_terms(problem, params, seeds, step, validation):
     meta-objective.
     """
     terms = []
-    for b, instance_params in enumerate(params):
+    for b, (problem, instance_params) in enumerate(zip(problems, params)):
         loss, grads = loss_and_gradients(problem, instance_params,
                                          problem.sample(seeds[b], step))
         objective, objective_grads = loss, grads
@@ -284,7 +300,7 @@ def _known_terms(problem, params, seeds, step, validation):
     return terms
 
 
-def _rematerialized_steps(problem, groups, weights, params, states, seeds, first_step, count,
+def _rematerialized_steps(problems, groups, weights, params, states, seeds, first_step, count,
                           validation, state_reset_period):
     """`count` first-order optimizee steps whose meta-gradient recomputes the networks' steps.
 
@@ -312,7 +328,7 @@ def _rematerialized_steps(problem, groups, weights, params, states, seeds, first
         stats = {key: [tf.zeros([], dtype), tf.constant(np.inf, dtype),
                        tf.constant(-np.inf, dtype)] for key in lambda_keys}
         for j in range(count):
-            terms = _known_terms(problem, p, seeds, first_step + j, validation)
+            terms = _known_terms(problems, p, seeds, first_step + j, validation)
             recorded.append(([t[1] for t in terms], [t[3] for t in terms]))
             objectives = [o + t[2] for o, t in zip(objectives, terms)]
             losses.append(tf.stack([t[0] for t in terms]))
@@ -359,18 +375,19 @@ def _rematerialized_steps(problem, groups, weights, params, states, seeds, first
 CHUNK_COORDINATE_STEPS = 2**15
 
 
-def _separable(groups, per_instance):
+def _separable(groups, counts):
     """Whether the meta-gradient separates coordinate by coordinate (`_coordinatewise_unroll`):
-    one coordinatewise LSTM steps every one of an instance's `per_instance` parameters once,
-    all in one call."""
+    one coordinatewise LSTM steps every parameter of every instance (`counts` parameters each)
+    once, all in one call."""
     if len(groups) != 1:
         return False
     group = groups[0]
+    every = [(b, i) for b, count in enumerate(counts) for i in range(count)]
     return (group.batched and isinstance(group.net, networks.CoordinateWiseDeepLSTM)
-            and sorted(group.indices) == list(range(per_instance)))
+            and sorted(group.members) == every)
 
 
-def _coordinatewise_unroll(problem, group, weights, carry, length, validation,
+def _coordinatewise_unroll(problems, group, weights, carry, length, validation,
                            state_reset_period):
     """`unroll` with first-order meta-gradients of a coordinatewise network, rematerialised.
 
@@ -385,10 +402,11 @@ def _coordinatewise_unroll(problem, group, weights, carry, length, validation,
     net, key = group.net, group.key
     instances = carry.seed.shape[0]
     dtype = carry.params[0].dtype
-    members = _members(group, by_instance(carry.params, instances))
-    shapes = [carry.params[b * (len(carry.params) // instances) + i].shape for b, i in members]
-    sizes = [s.num_elements() for s in shapes]
-    order = [b * (len(carry.params) // instances) + i for b, i in members]  # carry index per member
+    counts = parameter_counts(problems)
+    offsets = np.cumsum([0] + counts)
+    members = group.members
+    order = [offsets[b] + i for b, i in members]  # The carry's index of each member.
+    sizes = [carry.params[j].shape.num_elements() for j in order]
     structure = (weights, list(carry.params), carry.states[0])
     has_lambda = net.has_lambda
 
@@ -401,7 +419,7 @@ def _coordinatewise_unroll(problem, group, weights, carry, length, validation,
 
         def body(t, params, state, losses, objectives, lambda_acc, grads_ta, objective_ta):
             step = carry.step + t
-            terms = _known_terms(problem, params, carry.seed, step, validation)
+            terms = _known_terms(problems, params, carry.seed, step, validation)
             grads = [term[1] for term in terms]
             objectives = [o + term[2] for o, term in zip(objectives, terms)]
             grads_ta = grads_ta.write(t, group_flat(grads))
@@ -417,13 +435,13 @@ def _coordinatewise_unroll(problem, group, weights, carry, length, validation,
 
         n = sum(sizes)
         params, state, losses, objectives, lambda_acc, grads_ta, objective_ta = while_steps(
-            length, body, (by_instance(flat_params, instances), initial_state,
+            length, body, (by_instance(flat_params, counts), initial_state,
                            tf.TensorArray(dtype, size=length + 1),
                            [tf.zeros([], dtype)] * instances,
                            tf.constant([0.0, np.inf, -np.inf], dtype),
                            tf.TensorArray(dtype, size=length, element_shape=[n]),
                            tf.TensorArray(dtype, size=length + 1, element_shape=[n])))
-        final = _known_terms(problem, params, carry.seed, carry.step + length, validation)
+        final = _known_terms(problems, params, carry.seed, carry.step + length, validation)
         objectives = [o + term[2] for o, term in zip(objectives, final)]
         losses = losses.write(length, tf.stack([term[0] for term in final])).stack()
         objective_ta = objective_ta.write(length, group_flat([term[3] for term in final]))
@@ -540,8 +558,9 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
     """Runs `length` optimizee steps from `carry`; pure (reads only its arguments).
 
     Args:
-      problem: a `problems.Problem`.
-      groups: the networks and their parameters (`MetaOptimizer.plan`).
+      problem: a `problems.Problem` for every instance, or a list of one per instance: an
+        instance is a problem and its seed (`carry.seed`), whatever its parameters' shapes.
+      groups: the networks and their parameters in every instance (`plan`).
       weights: `{group key: net.step_weights()}`.
       carry: where the previous unroll of the epoch stopped (or `Unroll`'s initial carry), for
         each instance of the meta-batch.
@@ -565,12 +584,14 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
     validation = meta_objective == "validation"
     lambda_keys = [g.key for g in groups if g.net.has_lambda]
     instances = carry.seed.shape[0]
+    problems = instance_problems(problem, instances)
+    counts = parameter_counts(problems)
     dtype = carry.params[0].dtype if carry.params else tf.float32
     if rematerialize != "off" and second_derivatives:
         raise ValueError("rematerialize reuses first-order gradients; it cannot be combined "
                          "with second_derivatives.")
-    if rematerialize == "chunks" and _separable(groups, len(carry.params) // instances):
-        return _coordinatewise_unroll(problem, groups[0], weights[groups[0].key], carry, length,
+    if rematerialize == "chunks" and _separable(groups, counts):
+        return _coordinatewise_unroll(problems, groups[0], weights[groups[0].key], carry, length,
                                       validation, state_reset_period)
 
     def accumulate(acc, stats):
@@ -580,10 +601,11 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
     def plain_step(step, params, states, objectives):
         """One optimizee step, differentiated as it is (second derivatives if asked)."""
         step_losses, grads = [], []
-        for b in range(instances):  # The instances' optimizees, one after the other.
+        for b, problem_b in enumerate(problems):  # The instances, one after the other.
             loss, instance_grads = loss_and_gradients(
-                problem, params[b], problem.sample(carry.seed[b], step), second_derivatives)
-            objective = (problem.loss(params[b], problem.sample_validation(carry.seed[b], step))
+                problem_b, params[b], problem_b.sample(carry.seed[b], step), second_derivatives)
+            objective = (problem_b.loss(params[b],
+                                        problem_b.sample_validation(carry.seed[b], step))
                          if validation else loss)
             objectives[b] += objective
             step_losses.append(loss)
@@ -597,7 +619,7 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
         if rematerialize != "off":
             # One step per region: segments of 5 steps measured 40% slower (bench/README.md).
             params, states, terms, step_losses, stats = _rematerialized_steps(
-                problem, groups, weights, params, states, carry.seed, step, 1, validation,
+                problems, groups, weights, params, states, carry.seed, step, 1, validation,
                 state_reset_period)
             objectives = [o + t for o, t in zip(objectives, terms)]
         else:
@@ -607,18 +629,22 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
         return params, states, losses, objectives, accumulate(lambda_acc, stats)
 
     params, states, losses, objectives, lambda_acc = while_steps(length, body, (
-        by_instance(carry.params, instances), list(carry.states),
+        by_instance(carry.params, counts), list(carry.states),
         tf.TensorArray(dtype, size=length + 1), [tf.zeros([], dtype)] * instances,
         {key: tf.constant([0.0, np.inf, -np.inf], dtype) for key in lambda_keys}))
     step = carry.step + length
     finals = []
     # The last iterate's loss terms; with rematerialisation its gradients are reused, as in the
     # regions.
-    loss_at = ((lambda p, data: loss_with_known_gradients(problem, p, data)[0])
-               if rematerialize != "off" else problem.loss)
-    for b in range(instances):
-        finals.append(loss_at(params[b], problem.sample(carry.seed[b], step)))
-        objectives[b] += (loss_at(params[b], problem.sample_validation(carry.seed[b], step))
+    def loss_at(problem_b, p, data):
+        if rematerialize != "off":
+            return loss_with_known_gradients(problem_b, p, data)[0]
+        return problem_b.loss(p, data)
+
+    for b, problem_b in enumerate(problems):
+        finals.append(loss_at(problem_b, params[b], problem_b.sample(carry.seed[b], step)))
+        objectives[b] += (loss_at(problem_b, params[b],
+                                  problem_b.sample_validation(carry.seed[b], step))
                           if validation else finals[-1])
     lambdas = {key: tf.stack([acc[0] / length, acc[1], acc[2]])
                for key, acc in lambda_acc.items()}
@@ -629,36 +655,44 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
             Carry([p for instance in params for p in instance], states, step, carry.seed))
 
 
-def plan(nets, names, net_assignments=None, batch_coordinates=True):
-    """The groups of `unroll`: which network steps which of the problem's parameters.
+def plan(nets, problems, net_assignments=None, batch_coordinates=True):
+    """The groups of `unroll`: which network steps which parameters of each instance.
 
-    `net_assignments` is `[(net key, [parameter names])]`, or None with a single network (which
-    then steps every parameter). As the original: a parameter assigned to no network stays
-    constant (and is logged), one assigned to two gets both networks' steps.
+    `problems` holds one problem per instance (the same one repeated for a plain meta-batch).
+    `net_assignments` is `[(net key, [parameter names])]`, names every instance's problem has,
+    or None with a single network (which then steps every parameter). As the original: a
+    parameter assigned to no network stays constant (and is logged), one assigned to two gets
+    both networks' steps. A group lists its parameters instance after instance.
     """
-    if net_assignments is None:
-        if len(nets) != 1:
-            raise ValueError(f"net_assignments is needed with several networks ({sorted(nets)}).")
-        net_assignments = [(next(iter(nets)), list(names))]
-    groups, assigned = [], set()
-    for key, var_names in net_assignments:
-        if key not in nets:
-            raise ValueError(f"Unknown network {key!r} in net_assignments; "
-                             f"the networks are {sorted(nets)}.")
-        if any(group.key == key for group in groups):
-            raise ValueError(f"Network {key!r} appears twice in net_assignments.")
-        for name in var_names:
-            if name not in names:
-                raise ValueError(f"Unknown variable {name!r} in net_assignments; "
-                                 f"the problem's variables are {list(names)}.")
-        assigned.update(var_names)
-        net = nets[key]
-        groups.append(Group(key, net, [names.index(n) for n in var_names],
-                            batch_coordinates and net.coordinatewise))
-    frozen = [n for n in names if n not in assigned]
+    if net_assignments is not None:
+        for key, _ in net_assignments:
+            if key not in nets:
+                raise ValueError(f"Unknown network {key!r} in net_assignments; "
+                                 f"the networks are {sorted(nets)}.")
+        keys = [key for key, _ in net_assignments]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise ValueError(f"Network {key!r} appears twice in net_assignments.")
+    elif len(nets) != 1:
+        raise ValueError(f"net_assignments is needed with several networks ({sorted(nets)}).")
+    members, frozen = {}, []
+    for b, problem in enumerate(problems):
+        names = list(problem.names)
+        assignments = net_assignments or [(next(iter(nets)), names)]
+        assigned = set()
+        for key, var_names in assignments:
+            for name in var_names:
+                if name not in names:
+                    raise ValueError(f"Unknown variable {name!r} in net_assignments; "
+                                     f"the problem's variables are {names}.")
+            assigned.update(var_names)
+            members.setdefault(key, []).extend((b, names.index(n)) for n in var_names)
+        frozen += [n for n in names if n not in assigned and n not in frozen]
     if frozen:
         logging.warning("Variables %s are assigned to no network and stay constant.", frozen)
-    return [g for g in groups if g.indices]
+    return [Group(key, nets[key], tuple(members[key]),
+                  batch_coordinates and nets[key].coordinatewise)
+            for key in members if members[key]]
 
 
 # -- The meta-optimizer -------------------------------------------------------------------------
@@ -789,7 +823,9 @@ class Unroll:
 
         Args:
           meta: the `MetaOptimizer`.
-          problem: a `problems.Problem`.
+          problem: a `problems.Problem`, or a list of them: one per instance of the
+            meta-batch (an instance is a problem and its seed; their parameters may have any
+            shapes), which then sets `meta_batch_size`.
           unroll_length: optimizee steps per call (truncation length).
           net_assignments: `[(net_key, [parameter names])]`; None with a single network.
           second_derivatives: backpropagate through the optimizee's gradients too; by default
@@ -817,19 +853,32 @@ class Unroll:
         # A default XLA gives way to the graph for problems XLA cannot compile (e.g. a loss
         # with a tf.while_loop of unknown length); an explicit mode is kept.
         self._fallback = mode is None and self.mode == "xla" and strategy is None
-        self.problem = problem
         self.meta_batch_size = check_count(meta_batch_size, "meta_batch_size")
-        self._options = unroll_options(problem, meta_objective, second_derivatives,
-                                       state_reset_period, rematerialize,
-                                       training=learning_rate is not None)
-        self._groups = plan(meta.nets, tuple(problem.names), net_assignments, batch_coordinates)
-        _build_networks(self._groups, problem)
-        self._variables = _unique([v for g in self._groups for v in g.net.trainable_variables])
+        if not isinstance(problem, problems_lib.Problem):
+            if self.meta_batch_size not in (1, len(problem)):
+                raise ValueError(f"meta_batch_size ({self.meta_batch_size}) differs from the "
+                                 f"{len(problem)} problems given, one per instance.")
+            self.meta_batch_size = len(problem)
+        self.problems = instance_problems(problem, self.meta_batch_size)
         self.strategy = strategy
         replicas = strategy.num_replicas_in_sync if strategy else 1
         if self.meta_batch_size % replicas:
             raise ValueError(f"meta_batch_size ({self.meta_batch_size}) must be a multiple of "
                              f"the {replicas} replicas, which share it out.")
+        share = self.meta_batch_size // replicas
+        # Each replica runs the same compiled function on its own share of the instances.
+        self._share = self.problems[:share]
+        if any(self.problems[r * share:(r + 1) * share] != self._share
+               for r in range(replicas)):
+            raise ValueError(f"Under a strategy every replica's share of the instances must "
+                             f"hold the same problems; give {replicas} shares alike.")
+        options = [unroll_options(p, meta_objective, second_derivatives, state_reset_period,
+                                  rematerialize, training=learning_rate is not None)
+                   for p in _distinct(self.problems)]
+        self._options = options[0]
+        self._groups = plan(meta.nets, self._share, net_assignments, batch_coordinates)
+        _build_networks(self._groups, self._share)
+        self._variables = _unique([v for g in self._groups for v in g.net.trainable_variables])
         self.optimizer = None
         if learning_rate is not None:
             if not self._variables:
@@ -870,28 +919,27 @@ class Unroll:
         for each step of the unroll: what a long unroll or a large meta-batch runs out of memory
         on. 0 for an unroll without meta-updates.
 
-        Lower bounds, from the networks' state and the optimizee's size for one instance;
-        measured on MNIST (bench/README.md, `--sweep_unroll`), per coordinate and step: "off"
+        Lower bounds, from the networks' state and the optimizees' sizes; measured on MNIST (bench/README.md, `--sweep_unroll`), per coordinate and step: "off"
         keeps 1295 bytes (about 4 times the LSTM's 320 bytes of state: the gates too), "steps"
         327 (each step's inputs: the state and the gradient), "chunks" 12 (the gradient).
         """
         if self.optimizer is None:
             return 0
-        params = self.problem.init(tf.zeros([2], tf.int32))  # Only the shapes matter.
-        state = tf.nest.flatten(initial_states(self._groups, [params]))
+        params = _shapes_only(self._share)
+        state = tf.nest.flatten(initial_states(self._groups, params))
         state_bytes = sum(t.shape.num_elements() * t.dtype.size for t in state)
-        gradient_bytes = sum(p.shape.num_elements() * p.dtype.size for p in params)
+        gradient_bytes = sum(p.shape.num_elements() * p.dtype.size
+                             for instance in params for p in instance)
         mode = self.rematerialize
-        if mode == "chunks" and _separable(self._groups, len(params)):
-            per_instance = gradient_bytes
+        if mode == "chunks" and _separable(self._groups, parameter_counts(self._share)):
+            per_share = gradient_bytes
         elif mode == "off":
-            per_instance = 3 * state_bytes + gradient_bytes
+            per_share = 3 * state_bytes + gradient_bytes
         else:
-            per_instance = state_bytes + gradient_bytes
+            per_share = state_bytes + gradient_bytes
         if self.strategy is None:
-            return per_instance * self.meta_batch_size
-        per_replica = self.meta_batch_size // self.strategy.num_replicas_in_sync
-        return per_instance * per_replica * len(self.strategy.extended.worker_devices)
+            return per_share
+        return per_share * len(self.strategy.extended.worker_devices)
 
     def reset(self, seed):
         """Starts an epoch: new parameters, data and zero states.
@@ -937,11 +985,11 @@ class Unroll:
 
     def _initial_carry(self, seeds):
         params = []
-        for b in range(seeds.shape[0]):  # This replica's share of the meta-batch.
-            params.append([tf.convert_to_tensor(p) for p in self.problem.init(seeds[b])])
-            if len(params[-1]) != len(self.problem.names):
+        for b, problem in enumerate(self._share):  # This replica's share of the meta-batch.
+            params.append([tf.convert_to_tensor(p) for p in problem.init(seeds[b])])
+            if len(params[-1]) != len(problem.names):
                 raise ValueError(f"The problem made {len(params[-1])} parameters for "
-                                 f"{len(self.problem.names)} names.")
+                                 f"{len(problem.names)} names.")
         return Carry([p for instance in params for p in instance],
                      initial_states(self._groups, params), tf.constant(0, tf.int32), seeds)
 
@@ -950,7 +998,7 @@ class Unroll:
         # passed into the loop would be read again at every step).
         weights = tf.nest.map_structure(tf.convert_to_tensor,
                                         {g.key: g.net.step_weights() for g in self._groups})
-        return unroll(self.problem, self._groups, weights, carry, self.unroll_length,
+        return unroll(self._share, self._groups, weights, carry, self.unroll_length,
                       **self._options)
 
     def _loss_step(self, carry):
@@ -1037,12 +1085,28 @@ def _unique(variables):
     return result
 
 
-def _build_networks(groups, problem):
+def _distinct(problems):
+    """The problems, each once, in order."""
+    result = []
+    for problem in problems:
+        if not any(problem is seen for seen in result):
+            result.append(problem)
+    return result
+
+
+def _shapes_only(problems):
+    """Parameters of each instance's problem, drawn from a fixed seed: only the shapes matter."""
+    made = {}
+    for problem in _distinct(problems):
+        made[id(problem)] = problem.init(tf.zeros([2], tf.int32))
+    return [made[id(problem)] for problem in problems]
+
+
+def _build_networks(groups, problems):
     """Creates the variables of networks that wait for their input size (StandardDeepLSTM)."""
     unbuilt = [g for g in groups if not getattr(g.net, "built", True)]
     if unbuilt:
-        params = problem.init(tf.zeros([2], tf.int32))  # Only the shapes matter.
-        initial_states(unbuilt, [params])
+        initial_states(unbuilt, _shapes_only(problems))
 
 
 # -- Hand-designed optimizers run like the learned ones -----------------------------------------

@@ -378,6 +378,62 @@ class StandardDeepLSTMTest(tf.test.TestCase):
                             net(grad, net.initial_state_for_inputs(grad))[0])
 
 
+class InstancesTest(tf.test.TestCase, parameterized.TestCase):
+    """An instance is a problem and its seed: one meta-batch may mix problems of any shapes."""
+
+    def _problems(self):
+        def images(split):
+            rng = np.random.default_rng({"train": 0, "validation": 1}[split])
+            return (rng.integers(0, 256, [32, 28, 28, 1], dtype=np.uint8),
+                    rng.integers(0, 10, [32]).astype(np.int32))
+
+        return [problems.quadratic(batch_size=3, num_dims=4),
+                problems.mnist(layers=(5,), batch_size=8, loader=images),
+                _two_quadratics()]
+
+    def _run(self, problem_list, seeds, rematerialize, mode="graph"):
+        tf.random.set_seed(5)
+        optimizer = meta.MetaOptimizer(**_lstm_config(layers=(4,), preprocess_name="LogAndSign",
+                                                      preprocess_options={"k": 5}))
+        unroll = optimizer.meta_loss(problem_list, 3, mode=mode, rematerialize=rematerialize)
+        unroll.reset(seeds)
+        unroll()  # The second unroll starts from moved parameters and carried states.
+        result, grads = unroll.meta_gradient()
+        return result, np.concatenate([g.numpy().ravel() for g in grads])
+
+    @parameterized.parameters(("off", "graph"), ("steps", "graph"), ("chunks", "graph"),
+                              ("steps", "xla"))
+    def test_mixed_problems_give_the_mean_of_each_alone(self, rematerialize, mode):
+        problem_list = self._problems()
+        seeds = meta.instance_seeds(0, meta.TRAIN, 3, len(problem_list))
+        result, grad = self._run(problem_list, seeds, rematerialize, mode)
+        alone = [self._run([p], s[None], rematerialize, mode)
+                 for p, s in zip(problem_list, seeds)]
+        self.assertAllClose(grad, np.mean([g for _, g in alone], axis=0), rtol=1e-5,
+                            atol=1e-6 * np.max(np.abs(grad)))
+        self.assertAllClose(result.meta_loss, np.mean([r.meta_loss for r, _ in alone]),
+                            rtol=1e-6)
+        for b, (single, _) in enumerate(alone):
+            self.assertAllClose(result.instance_losses[b], single.losses, rtol=1e-5)
+        self.assertNotAllClose(alone[0][1], alone[1][1])  # The instances do differ.
+
+    def test_a_list_of_problems_sets_the_meta_batch(self):
+        optimizer = meta.MetaOptimizer(**_lstm_config())
+        unroll = optimizer.meta_loss(self._problems()[:2], 2)
+        self.assertEqual(unroll.meta_batch_size, 2)
+        with self.assertRaisesRegex(ValueError, r"meta_batch_size \(3\) differs from the 2 "
+                                                r"problems given"):
+            optimizer.meta_loss(self._problems()[:2], 2, meta_batch_size=3)
+
+    def test_kept_bytes_add_up_the_instances(self):
+        optimizer = meta.MetaOptimizer(**_lstm_config())
+        problem_list = self._problems()
+        both = optimizer.meta_minimize(problem_list, 2).kept_bytes_per_step()
+        each = [optimizer.meta_minimize([p], 2).kept_bytes_per_step() for p in problem_list]
+        self.assertEqual(both, sum(each))
+        self.assertGreater(min(each), 0)
+
+
 class MetaBatchTest(tf.test.TestCase, parameterized.TestCase):
 
     def _meta_gradient(self, seeds):
