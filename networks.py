@@ -792,6 +792,195 @@ class LearnedLambdaDeepLSTM(_LambdaDeepLSTM):
         return self._lambda_max * tf.tanh(raw)
 
 
+class MomentsState(NamedTuple):
+    """`NormalizedMLP`'s state: optimizee steps taken, momenta and the second moment."""
+    t: tf.Tensor  # [] float: steps taken (the same for every coordinate of one call).
+    momenta: tf.Tensor  # [decays, n]: exponential moving averages of the gradient.
+    second_moment: tf.Tensor  # [n]: of the squared gradient (decay `second_moment_decay`).
+
+
+def _positive_fraction(name, value):
+    value = _finite(name, value)
+    if not 0 < value < 1:
+        raise util.OptionError(f"{name} must lie strictly between 0 and 1, got {value!r}.")
+    return value
+
+
+def _fractions(name, values):
+    if not isinstance(values, (list, tuple)) or not values or len(values) > 8:
+        raise util.OptionError(f"{name} must be a list of 1 to 8 numbers, got {values!r}.")
+    return tuple(_positive_fraction(name, v) for v in values)
+
+
+def _time_scales(values):
+    if not isinstance(values, (list, tuple)) or len(values) > 8:
+        raise util.OptionError(f"time_scales must be a list of at most 8 numbers, got "
+                               f"{values!r}.")
+    scales = tuple(_finite("time_scales", v) for v in values)
+    if any(not s > 0 for s in scales):
+        raise util.OptionError(f"time_scales must be positive, got {list(values)!r}.")
+    return scales
+
+
+class NormalizedMLP(Network):
+    """A per-coordinate MLP whose inputs do not depend on the gradient's scale and whose step
+    cannot blow up; Adam (Kingma & Ba, 2015) at `initial_learning_rate` before training.
+
+    Inputs of each coordinate (every one unchanged when the gradient is multiplied by a
+    constant): the gradient and its momenta at `decays` (bias-corrected), each divided by the
+    root of the bias-corrected second moment and clipped to `[-feature_clip, feature_clip]`;
+    `tanh(t / s)` for each of `time_scales` (t: steps taken). Two outputs per coordinate, a
+    direction `d` and a log step size `s`; the step is
+
+        -exp(clip(log_lr + max_log_scale * tanh(s))) * (adam + max_direction * tanh(d))
+
+    where `adam` is Adam's direction `m_hat / (sqrt(v_hat) + epsilon)` (momentum decay 0.9,
+    clipped like the features) and `log_lr` one learned scalar. The output layer starts at
+    zero, so that the untrained network is Adam with `initial_learning_rate` exactly; every
+    step is bounded by `exp(max_log_lr) * (feature_clip + max_direction)`. Inputs and outputs in
+    the spirit of google/learned_optimization's per-parameter MLP optimizers and RNNprop. State
+    (4 floats per coordinate with the default 3 decays): momenta and second moment; returns the
+    step to add.
+    """
+
+    coordinatewise = True
+
+    def __init__(self, hidden=(32, 32), decays=(0.5, 0.9, 0.99), second_moment_decay=0.999,
+                 time_scales=(10, 100), initial_learning_rate=1e-3, max_log_scale=3.0,
+                 max_direction=1.0, feature_clip=5.0, epsilon=1e-8, max_log_lr=0.0,
+                 initializer=None, dtype=tf.float32, name="normalized_mlp"):
+        """Builds the network.
+
+        Args:
+          hidden: sizes of the hidden layers (ReLU); `()` leaves only the output layer.
+          decays: the momenta's decays; 0.9 must be one of them (Adam's direction).
+          second_moment_decay: of the second moment that normalises every gradient feature.
+          time_scales: `tanh(t / s)` inputs; `()` for none.
+          initial_learning_rate: the untrained network's Adam learning rate.
+          max_log_scale: the per-coordinate step size lies within `exp(+-max_log_scale)` of
+            `exp(log_lr)`.
+          max_direction: bound of the learned change of direction.
+          feature_clip: bound of every normalised feature.
+          epsilon: Adam's, in the direction; also (squared) inside the features' square root.
+          max_log_lr: bound of the log step size, so the step is bounded whatever the weights.
+          initializer: as `StandardDeepLSTM`'s (layers `mlp_1`, ..., `output`, `step_size`).
+          dtype: of the variables and state.
+          name: module name.
+        """
+        options = dict(
+            hidden=list(_sizes("hidden", hidden, MAX_UNITS)),
+            decays=list(_fractions("decays", decays)),
+            second_moment_decay=_positive_fraction("second_moment_decay", second_moment_decay),
+            time_scales=list(_time_scales(time_scales)),
+            initial_learning_rate=_finite("initial_learning_rate", initial_learning_rate),
+            max_log_scale=_finite("max_log_scale", max_log_scale),
+            max_direction=_finite("max_direction", max_direction),
+            feature_clip=_finite("feature_clip", feature_clip),
+            epsilon=_finite("epsilon", epsilon), max_log_lr=_finite("max_log_lr", max_log_lr))
+        if 0.9 not in options["decays"]:
+            raise util.OptionError(f"decays must include 0.9 (Adam's momentum), got "
+                                   f"{options['decays']}.")
+        for key in ("initial_learning_rate", "max_log_scale", "feature_clip", "epsilon"):
+            if not options[key] > 0:
+                raise util.OptionError(f"{key} must be positive, got {options[key]!r}.")
+        if options["max_direction"] < 0:
+            raise util.OptionError(f"max_direction must be >= 0, got {options['max_direction']}.")
+        if not math.log(options["initial_learning_rate"]) <= options["max_log_lr"]:
+            raise util.OptionError(f"initial_learning_rate must be at most exp(max_log_lr), got "
+                                   f"{options['initial_learning_rate']} and "
+                                   f"{options['max_log_lr']}.")
+        super().__init__(options, name=name)
+        self._dtype = _float_dtype(dtype)
+        self._adam_index = options["decays"].index(0.9)
+        shapes = self.weight_shapes(options)
+        init = {}
+        with self.name_scope:
+            self._layers = []
+            for layer, variables in shapes.items():
+                if layer == "step_size":
+                    default = snt.initializers.Constant(math.log(options["initial_learning_rate"]))
+                    spec = _layer_initializers(initializer, layer, ("log_lr",))
+                    init[layer] = {"log_lr": tf.Variable(
+                        spec.get("log_lr", default)([], dtype), name="log_lr")}
+                    continue
+                fan_in, fan_out = variables["w"]
+                # Zero output layer: the untrained network is exactly Adam.
+                zero = snt.initializers.Zeros() if layer == "output" else None
+                linear = Linear(fan_in, fan_out, initializer, w_default=zero, dtype=dtype,
+                                name=layer)
+                self._layers.append(linear)
+                init[layer] = {"w": linear.w, "b": linear.b}
+        self._variables_by_layer = init
+
+    @classmethod
+    def _feature_count(cls, options):
+        return len(options.get("decays", (0.5, 0.9, 0.99))) + 1 + len(
+            options.get("time_scales", (10, 100)))
+
+    @classmethod
+    def weight_shapes(cls, options):
+        hidden = _sizes("hidden", options.get("hidden", (32, 32)), MAX_UNITS)
+        _fractions("decays", options.get("decays", (0.5, 0.9, 0.99)))
+        _time_scales(options.get("time_scales", (10, 100)))
+        shapes, fan_in = {}, cls._feature_count(options)
+        for i, units in enumerate(hidden, start=1):
+            shapes[f"mlp_{i}"] = {"w": (fan_in, units), "b": (units,)}
+            fan_in = units
+        shapes["output"] = {"w": (fan_in, 2), "b": (2,)}
+        shapes["step_size"] = {"log_lr": ()}
+        return shapes
+
+    def initial_state_for_inputs(self, inputs):
+        n = tf.convert_to_tensor(inputs).shape.num_elements()
+        decays = len(self._options["decays"])
+        return MomentsState(tf.zeros([], self._dtype), tf.zeros([decays, n], self._dtype),
+                            tf.zeros([n], self._dtype))
+
+    def weights(self):
+        return {layer: dict(variables) for layer, variables in self._variables_by_layer.items()}
+
+    def step_weights(self, weights=None):
+        weights = self.weights() if weights is None else weights
+        return {layer: dict(variables) for layer, variables in weights.items()}
+
+    def step(self, weights, inputs, prev_state, param=None):
+        del param  # Scale-free inputs only: the parameter's value is not one.
+        o = self._options
+        dtype = self._dtype
+        g = tf.reshape(tf.cast(inputs, dtype), [-1])
+        t = prev_state.t + 1
+        decays = tf.constant(o["decays"], dtype)[:, tf.newaxis]
+        beta2 = tf.constant(o["second_moment_decay"], dtype)
+        momenta = decays * prev_state.momenta + (1 - decays) * g
+        second_moment = beta2 * prev_state.second_moment + (1 - beta2) * tf.square(g)
+        m_hat = momenta / (1 - tf.pow(decays, t))
+        v_hat = second_moment / (1 - tf.pow(beta2, t))
+        clip = o["feature_clip"]
+        eps = o["epsilon"]
+        # The features' root has epsilon inside, so that its gradient (second derivatives)
+        # stays finite where v is zero; Adam's direction keeps Adam's own epsilon outside.
+        scale = tf.math.rsqrt(v_hat + eps**2)
+        features = [tf.clip_by_value(g * scale, -clip, clip)[tf.newaxis],
+                    tf.clip_by_value(m_hat * scale, -clip, clip)]
+        n = tf.shape(g)[0]
+        for s in o["time_scales"]:
+            features.append(tf.fill([1, n], tf.tanh(t / s)))
+        hidden = tf.concat(features, axis=0)  # [features, n]: coordinates as columns.
+        for i in range(1, len(o["hidden"]) + 1):
+            layer = weights[f"mlp_{i}"]
+            hidden = tf.nn.relu(tf.matmul(layer["w"], hidden, transpose_a=True)
+                                + layer["b"][:, tf.newaxis])
+        output = weights["output"]
+        direction, log_scale = tf.unstack(
+            tf.matmul(output["w"], hidden, transpose_a=True) + output["b"][:, tf.newaxis])
+        adam = tf.clip_by_value(m_hat[self._adam_index] / (tf.sqrt(v_hat) + eps), -clip, clip)
+        log_lr = tf.minimum(weights["step_size"]["log_lr"] + o["max_log_scale"]
+                            * tf.tanh(log_scale), o["max_log_lr"])
+        step = -tf.exp(log_lr) * (adam + o["max_direction"] * tf.tanh(direction))
+        return Update(tf.reshape(step, inputs.shape),
+                      MomentsState(t, momenta, second_moment))
+
+
 @snt.allow_empty_variables
 class Sgd(Network):
     """Gradient descent as a network: step `-learning_rate * g`, no state, no weights."""
@@ -850,7 +1039,7 @@ class Adam(Network):
 
 NETWORKS = {cls.__name__: cls for cls in (
     StandardDeepLSTM, CoordinateWiseDeepLSTM, KernelDeepLSTM, FixedLambdaDeepLSTM,
-    LearnedLambdaDeepLSTM, Sgd, Adam)}
+    LearnedLambdaDeepLSTM, NormalizedMLP, Sgd, Adam)}
 _NO_INITIALIZER = ("Sgd", "Adam")
 
 

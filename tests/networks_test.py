@@ -139,7 +139,8 @@ class PureStepTest(tf.test.TestCase, parameterized.TestCase):
         ("standard", "StandardDeepLSTM", {"output_size": 4, "layers": (3,), "input_size": 4},
          [6, 4]),
         ("sgd", "Sgd", {"learning_rate": 0.1}, [5]),
-        ("adam", "Adam", {}, [5]))
+        ("adam", "Adam", {}, [5]),
+        ("normalized_mlp", "NormalizedMLP", {"hidden": (6, 5)}, [2, 3]))
     def test_frozen_weights_give_the_modules_step(self, net, options, shape):
         tf.random.set_seed(2)
         network = networks.factory(net, options)
@@ -229,6 +230,130 @@ class LambdaNetworkTest(tf.test.TestCase, parameterized.TestCase):
             net(tf.zeros([2]), net.initial_state_for_inputs(tf.zeros([2])))
 
 
+def _normalized_mlp_reference(weights, grads, options):
+    """NormalizedMLP's steps by hand in float64 numpy, from its docstring's formula."""
+    decays = np.array(options["decays"])[:, None]
+    beta2, clip, eps = options["second_moment_decay"], options["feature_clip"], options["epsilon"]
+    m = np.zeros((len(decays), grads.shape[1]))
+    v = np.zeros(grads.shape[1])
+    steps = []
+    for t, g in enumerate(grads, start=1):
+        m = decays * m + (1 - decays) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        m_hat, v_hat = m / (1 - decays**t), v / (1 - beta2**t)
+        scale = 1 / np.sqrt(v_hat + eps**2)
+        features = np.concatenate([np.clip(g * scale, -clip, clip)[None],
+                                   np.clip(m_hat * scale, -clip, clip)]
+                                  + [np.full((1, g.size), np.tanh(t / s))
+                                     for s in options["time_scales"]])
+        hidden = features
+        for i in range(1, len(options["hidden"]) + 1):
+            layer = weights[f"mlp_{i}"]
+            hidden = np.maximum(layer["w"].T @ hidden + layer["b"][:, None], 0)
+        out = weights["output"]["w"].T @ hidden + weights["output"]["b"][:, None]
+        adam = np.clip(m_hat[options["decays"].index(0.9)] / (np.sqrt(v_hat) + eps), -clip, clip)
+        log_lr = np.minimum(weights["step_size"]["log_lr"]
+                            + options["max_log_scale"] * np.tanh(out[1]), options["max_log_lr"])
+        steps.append(-np.exp(log_lr) * (adam + options["max_direction"] * np.tanh(out[0])))
+    return np.array(steps)
+
+
+class NormalizedMLPTest(tf.test.TestCase, parameterized.TestCase):
+    """The scale-free, bounded per-coordinate MLP."""
+
+    def _trained_like(self, dtype=tf.float32, seed=3, **options):
+        tf.random.set_seed(seed)
+        net = networks.NormalizedMLP(dtype=dtype, **options)
+        for variable in net.trainable_variables:  # Every weight non-zero, as after training.
+            variable.assign_add(tf.random.normal(variable.shape, stddev=0.5, dtype=dtype))
+        return net
+
+    def _steps(self, net, grads):
+        state, steps = net.initial_state_for_inputs(grads[0]), []
+        for g in grads:
+            update = net.update(tf.constant(g), state)
+            steps.append(update.step.numpy())
+            state = update.next_state
+        return np.array(steps)
+
+    def test_untrained_is_adam(self):
+        grads = np.random.default_rng(0).normal(size=(6, 7)).astype(np.float32)
+        grads[3] *= 100.0  # A spike: Adam's direction stays within the clip.
+        ours = self._steps(networks.NormalizedMLP(initial_learning_rate=0.003), grads)
+        adam = self._steps(networks.Adam(learning_rate=0.003), grads)
+        self.assertAllClose(ours, adam, rtol=1e-5, atol=1e-9)
+
+    @parameterized.parameters({}, {"hidden": (), "time_scales": (), "decays": (0.9,)},
+                              {"hidden": (4, 3, 2), "max_log_lr": -5.0})
+    def test_trajectory_matches_the_formula(self, **options):
+        net = self._trained_like(tf.float64, **options)
+        grads = np.random.default_rng(1).normal(size=(5, 9)) * np.logspace(-6, 2, 9)
+        weights = {layer: {name: v.numpy() for name, v in variables.items()}
+                   for layer, variables in net.weights().items()}
+        self.assertAllClose(self._steps(net, grads),
+                            _normalized_mlp_reference(weights, grads, net.options), rtol=1e-10)
+
+    def test_steps_do_not_depend_on_the_gradients_scale(self):
+        net = self._trained_like()
+        grads = np.random.default_rng(2).normal(size=(8, 50)).astype(np.float32)
+        # Down to where Adam's epsilon (1e-8, beside the root of the second moment) shows.
+        small = self._steps(net, grads * 1e-2)
+        large = self._steps(net, grads * 1e3)
+        self.assertAllClose(small, large, rtol=1e-3, atol=1e-9)
+        self.assertGreater(np.abs(small).max(), 1e-4)
+
+    def test_step_is_bounded_whatever_the_weights(self):
+        net = self._trained_like()
+        for variable in net.trainable_variables:
+            variable.assign(tf.fill(variable.shape, 1e4))  # Absurd weights.
+        grads = np.random.default_rng(3).normal(size=(5, 40)).astype(np.float32) * 1e6
+        steps = self._steps(net, grads)
+        bound = np.exp(net.options["max_log_lr"]) * (net.options["feature_clip"]
+                                                     + net.options["max_direction"])
+        self.assertTrue(np.all(np.isfinite(steps)))
+        self.assertLessEqual(np.abs(steps).max(), bound * (1 + 1e-6))
+
+    def test_meta_gradient_matches_finite_differences(self):
+        net = self._trained_like(tf.float64)
+        x0 = tf.constant([1.0, -2.0, 0.5], tf.float64)
+
+        def meta_loss():  # Three steps on 0.5 ||x||^2, the gradient a constant of the weights.
+            x, state, total = x0, net.initial_state_for_inputs(x0), 0.0
+            for _ in range(3):
+                update = net.update(tf.stop_gradient(x), state)
+                x, state = x + update.step, update.next_state
+                total += 0.5 * tf.reduce_sum(tf.square(x))
+            return total
+
+        with tf.GradientTape() as tape:
+            loss = meta_loss()
+        grads = tape.gradient(loss, net.trainable_variables)
+        # Central differences of a loss of order 1 are good to about 1e-9 (atol below).
+        self.assertGreater(max(np.abs(g.numpy()).max() for g in grads), 1e-3)
+        for variable, grad in zip(net.trainable_variables, grads):
+            theta, eps = variable.numpy(), 1e-6
+            bump = np.zeros_like(theta)
+            bump.flat[0] = eps
+            variable.assign(theta + bump)
+            upper = meta_loss()
+            variable.assign(theta - bump)
+            lower = meta_loss()
+            variable.assign(theta)
+            self.assertAllClose(np.ravel(grad.numpy())[0], (upper - lower) / (2 * eps),
+                                rtol=1e-5, atol=1e-8, msg=variable.name)
+
+    @parameterized.parameters(
+        ({"decays": (0.5, 0.99)}, "decays must include 0.9"),
+        ({"decays": (0.9, 1.0)}, "decays must lie strictly between 0 and 1"),
+        ({"hidden": (0,)}, r"hidden must lie in \[1, 4096\]"),
+        ({"time_scales": (-1,)}, "time_scales must be positive"),
+        ({"initial_learning_rate": 2.0}, "initial_learning_rate must be at most"),
+        ({"feature_clip": float("nan")}, "feature_clip must be a finite number"))
+    def test_bad_options_are_clear_errors(self, options, message):
+        with self.assertRaisesRegex(util.OptionError, message):
+            networks.NormalizedMLP(**options)
+
+
 class InitializerTest(tf.test.TestCase):
 
     def test_zeros_initializer_gives_zero_steps(self):
@@ -308,6 +433,7 @@ class SaveLoadTest(tf.test.TestCase, parameterized.TestCase):
         ("LearnedLambdaDeepLSTM", {"layers": (3,), "lambda_mode": "scalar"}),
         ("KernelDeepLSTM", {"kernel_shape": (2, 2), "layers": (3,)}),
         ("Adam", {"learning_rate": 0.1}),
+        ("NormalizedMLP", {"hidden": (6,), "time_scales": (5,), "decays": (0.9, 0.99)}),
     )
     def test_save_then_load_gives_bit_identical_steps(self, name, options):
         tf.random.set_seed(1)
