@@ -170,14 +170,17 @@ def ensemble(problems: Sequence, weights: Optional[Sequence[float]] = None):
 
 # -- Classification problems on real data -------------------------------------------------------
 
-_ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu}
+_ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu, "tanh": tf.tanh,
+                "gelu": lambda x: tf.nn.gelu(x, approximate=False)}  # Keras' "gelu".
 _INIT_STDDEV = 0.01  # The original's N(0, 0.01) for every weight and bias.
 # How an MLP's weights start: "original", the original code's N(0, 0.01) for weights and biases;
-# "fan_in", weights from N(0, 1/fan_in) and zero biases (see docs/results.md, mnist-2layer).
-INITIALIZATIONS = ("original", "fan_in")
+# "fan_in", weights from N(0, 1/fan_in) and zero biases (see docs/results.md, mnist-2layer);
+# "glorot", Keras' default for Dense and Conv2D: weights uniform in +-sqrt(6 / (fan_in +
+# fan_out)), zero biases (the models users write).
+INITIALIZATIONS = ("original", "fan_in", "glorot")
 _BATCH_NORM_EPSILON = 1e-3  # Sonnet 1's BatchNorm default.
 # Salts of the seed streams within an epoch.
-_INIT, _TRAIN_BATCH, _VALIDATION_BATCH = 0, 1, 2
+_INIT, _TRAIN_BATCH, _VALIDATION_BATCH, _CHOICE = 0, 1, 2, 3
 
 
 def _activation(name):
@@ -211,23 +214,36 @@ def _batch(data, batch_size, seed, salt, step):
     return tf.gather(x, indices), tf.gather(y, indices)
 
 
-def _dataset_problem(load, split, batch_size, params, forward, flatten):
+def _dataset_problem(load, split, batch_size, params, forward, flatten, activations=None):
     """A classification problem: a batch of `batch_size` examples drawn uniformly at each step.
 
     Args:
-      load: `split -> (x, y)` numpy arrays, e.g. `datasets.load` of one dataset.
+      load: `split -> (x, y)` numpy arrays, e.g. `datasets.load` of one dataset; or a list of
+        such loaders (datasets of one example shape and class count), of which each instance
+        (epoch seed) draws one.
       split: "train" (with "validation" as held-out data), "validation" or "test".
       batch_size: examples per optimizee step.
       params: `[(name, shape, initial value)]`: "normal" (N(0, 0.01)), "fan_in"
-        (N(0, 1/shape[0])) or "zeros".
-      forward: `(params, inputs) -> logits`.
+        (N(0, 1/shape[0])), "glorot" (uniform, Keras' `glorot_uniform`) or "zeros".
+      forward: `(params, inputs) -> logits`; with `activations`, `(params, inputs,
+        activation) -> logits`.
       flatten: feed `[batch, features]` instead of images.
+      activations: None, or a list of activation functions of which each instance draws one
+        (passed to `forward` as one function that runs the drawn one).
+
+    With a list of loaders or `activations`, the draws are a function of the seed only, inside
+    the compiled unroll: one graph serves every dataset and activation of the same shapes.
     """
+    loads = load if isinstance(load, (list, tuple)) else [load]
+    mixed = len(loads) > 1 or activations is not None
+
     def in_memory(which):
-        x, y = load(which)
+        parts = [loader(which) for loader in loads]
+        sizes = [len(x) for x, _ in parts]
         # Images stay uint8 in memory (a quarter of float32) and are scaled per batch.
-        x = tf.constant(x.reshape(len(x), -1) if flatten else x)
-        return x, tf.constant(y, tf.int32)
+        x = np.concatenate([x.reshape(len(x), -1) if flatten else x for x, _ in parts])
+        y = np.concatenate([y for _, y in parts]).astype(np.int32)
+        return tf.constant(x), tf.constant(y), sizes
 
     train = in_memory(split)
     held_out = in_memory("validation") if split == "train" else None
@@ -238,19 +254,45 @@ def _dataset_problem(load, split, batch_size, params, forward, flatten):
             if how == "zeros":
                 values.append(tf.zeros(shape))
                 continue
+            if how == "glorot":
+                receptive = math.prod(shape[:-2])  # A conv kernel's window; 1 for a matrix.
+                limit = math.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
+                uniform = random_uniform(shape, derive_seed(seed, _INIT, i))
+                values.append((2.0 * uniform - 1.0) * limit)
+                continue
             stddev = _INIT_STDDEV if how == "normal" else 1.0 / math.sqrt(shape[0])
             values.append(random_normal(shape, derive_seed(seed, _INIT, i), stddev))
         return values
 
     def batch(data, seed, salt, step):
-        inputs, labels = _batch(data, batch_size, seed, salt, step)
+        x, y, sizes = data
+        if len(sizes) == 1:
+            inputs, labels = _batch((x, y), batch_size, seed, salt, step)
+        else:  # The instance's dataset: a stretch of the concatenated examples.
+            which = random_indices([], derive_seed(seed, _CHOICE, 0), len(sizes))
+            offsets = tf.constant(np.cumsum([0] + sizes[:-1]), tf.int32)
+            indices = tf.gather(offsets, which) + random_indices(
+                [batch_size], derive_seed(seed, salt, step), tf.gather(sizes, which))
+            inputs, labels = tf.gather(x, indices), tf.gather(y, indices)
         if inputs.dtype == tf.uint8:
             inputs = tf.cast(inputs, tf.float32) / 255.0  # Pixels to [0, 1].
-        return inputs, labels
+        if not mixed:
+            return inputs, labels
+        choice = (tf.zeros([], tf.int32) if activations is None else
+                  random_indices([], derive_seed(seed, _CHOICE, 1), len(activations)))
+        return inputs, labels, choice
 
     def loss(params_, data):
-        inputs, labels = data
-        logits = forward(params_, inputs)
+        if mixed:
+            inputs, labels, choice = data
+
+            def activation(h):
+                return tf.switch_case(choice, [lambda f=f: f(h) for f in activations])
+
+            logits = forward(params_, inputs, activation)
+        else:
+            inputs, labels = data
+            logits = forward(params_, inputs)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
 
     return Problem(
@@ -270,7 +312,8 @@ def _mlp_params(sizes, batch_norm=False, initialization="original"):
     if initialization not in INITIALIZATIONS:
         raise ValueError(f"Unknown initialization {initialization!r}; expected one of "
                          f"{INITIALIZATIONS}.")
-    w_init, b_init = ("normal", "normal") if initialization == "original" else ("fan_in", "zeros")
+    w_init, b_init = {"original": ("normal", "normal"), "fan_in": ("fan_in", "zeros"),
+                      "glorot": ("glorot", "zeros")}[initialization]
     params = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         params += [(f"mlp/linear_{i}/w", [fan_in, fan_out], w_init),
@@ -282,7 +325,7 @@ def _mlp_params(sizes, batch_norm=False, initialization="original"):
 
 
 def _mlp_forward(activation, num_layers):
-    def forward(params, inputs):
+    def forward(params, inputs, activation=activation):
         hidden = inputs
         for i in range(num_layers):
             w, b = params[2 * i], params[2 * i + 1]
@@ -293,24 +336,88 @@ def _mlp_forward(activation, num_layers):
     return forward
 
 
+def _datasets_and_activations(dataset, activation, images=False):
+    """`(dataset names, activation functions or None)`: one name or several of each.
+
+    Several datasets (of one example shape and class count) or activations make a problem whose
+    every instance draws one of each from its seed (see `_dataset_problem`).
+    """
+    names = (dataset,) if isinstance(dataset, str) else tuple(dataset)
+    valid = sorted(d for d, s in datasets.EXAMPLE_SHAPES.items() if len(s) == 3 or not images)
+    for name in names:
+        if name not in valid:
+            raise ValueError(f"Unknown {'image ' if images else ''}dataset {name!r}; expected "
+                             f"one of {valid}.")
+    if not names or len({(datasets.EXAMPLE_SHAPES[n], datasets.NUM_CLASSES[n])
+                         for n in names}) != 1:
+        raise ValueError(f"Datasets {list(names)} must share one example shape and class count.")
+    several = not isinstance(activation, str)
+    activations = tuple(_activation(a) for a in (activation if several else (activation,)))
+    if not activations:
+        raise ValueError("At least one activation is needed.")
+    return names, (activations if several else None)
+
+
+def _loaders(names, data_dir, loader):
+    return [_loader(name, data_dir, loader) for name in names]
+
+
 def mlp(dataset, layers=(20,), activation="sigmoid", batch_size=128, split="train",
         data_dir=None, loader=None, initialization="original"):
     """Classification of a dataset's flattened examples by an MLP (the original's `mnist`).
 
     Hidden layers `layers` with `activation`, a linear output per class, softmax cross-entropy;
-    weights and biases start from N(0, 0.01) (`initialization="original"`), or weights from
-    N(0, 1/fan_in) and biases from zero (`"fan_in"`). Parameter names follow Sonnet 1's
-    (`mlp/linear_0/w`, ...). The data comes from `datasets.load(dataset, split, data_dir)`, or
-    from `loader(split) -> (x, y)` when given (e.g. synthetic data of the same shapes).
+    weights and biases start from N(0, 0.01) (`initialization="original"`), weights from
+    N(0, 1/fan_in) and biases from zero (`"fan_in"`), or as Keras' Dense (`"glorot"`). Parameter
+    names follow Sonnet 1's (`mlp/linear_0/w`, ...). The data comes from
+    `datasets.load(dataset, split, data_dir)`, or from `loader(split) -> (x, y)` when given (e.g.
+    synthetic data of the same shapes). `dataset` and `activation` may be lists: each instance
+    then draws one of each from its seed (task families).
     """
-    act = _activation(activation)
-    if dataset not in datasets.NUM_CLASSES:
-        raise ValueError(f"Unknown dataset {dataset!r}; expected one of "
-                         f"{sorted(datasets.NUM_CLASSES)}.")
-    sizes = [math.prod(datasets.EXAMPLE_SHAPES[dataset]), *layers, datasets.NUM_CLASSES[dataset]]
-    return _dataset_problem(_loader(dataset, data_dir, loader), split, batch_size,
+    names, activations = _datasets_and_activations(dataset, activation)
+    first = names[0]
+    sizes = [math.prod(datasets.EXAMPLE_SHAPES[first]), *layers, datasets.NUM_CLASSES[first]]
+    act = activations[0] if activations else _activation(activation)
+    return _dataset_problem(_loaders(names, data_dir, loader), split, batch_size,
                             _mlp_params(sizes, initialization=initialization),
-                            _mlp_forward(act, len(sizes) - 1), flatten=True)
+                            _mlp_forward(act, len(sizes) - 1), flatten=True,
+                            activations=activations)
+
+
+def convnet(dataset, channels=(8, 16), activation="relu", batch_size=128, split="train",
+            data_dir=None, loader=None, kernel_size=3):
+    """A small convolutional classifier, as a user would write it in Keras.
+
+    Each of `channels`: a `kernel_size` convolution (stride 1, SAME, bias), `activation`, 2x2
+    max-pooling (stride 2, SAME); then a linear layer to the classes. Glorot-uniform weights and
+    zero biases (Keras' defaults); names `conv_net/conv_<i>/w`, ..., `conv_net/linear/w`.
+    `dataset` and `activation` may be lists, as for `mlp`.
+    """
+    names, activations = _datasets_and_activations(dataset, activation, images=True)
+    act = activations[0] if activations else _activation(activation)
+    if not channels:
+        raise ValueError("convnet needs at least one convolution (channels).")
+    height, width, depth = datasets.EXAMPLE_SHAPES[names[0]]
+    params = []
+    for i, out in enumerate(channels):
+        params += [(f"conv_net/conv_{i}/w", [kernel_size, kernel_size, depth, out], "glorot"),
+                   (f"conv_net/conv_{i}/b", [out], "zeros")]
+        depth, height, width = out, (height + 1) // 2, (width + 1) // 2
+    classes = datasets.NUM_CLASSES[names[0]]
+    params += [("conv_net/linear/w", [height * width * depth, classes], "glorot"),
+               ("conv_net/linear/b", [classes], "zeros")]
+
+    def forward(values, images, activation=act):
+        hidden = images
+        for i in range(len(channels)):
+            w, b = values[2 * i], values[2 * i + 1]
+            hidden = activation(tf.nn.conv2d(hidden, w, strides=1, padding="SAME") + b)
+            hidden = tf.nn.max_pool2d(hidden, ksize=2, strides=2, padding="SAME")
+        hidden = tf.reshape(hidden, [tf.shape(hidden)[0], -1])
+        return tf.matmul(hidden, values[-2]) + values[-1]
+
+    return _dataset_problem(_loaders(names, data_dir, loader), split, batch_size, params,
+                            forward, flatten=False, activations=activations)
 
 
 def mnist(layers=(20,), activation="sigmoid", batch_size=128, split=None, data_dir=None,

@@ -29,8 +29,8 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "VALIDATION_SIZES", {n: NUM_VALIDATION for n in datasets.NAMES})
     monkeypatch.delenv(datasets.ENV_VAR, raising=False)
     datasets._read_part.cache_clear()
-    for name in ("mnist", "fashion_mnist"):
-        make_mnist(tmp_path / name, num_train=NUM_TRAIN, num_test=10)
+    for seed, name in enumerate(("mnist", "fashion_mnist")):  # Two different datasets.
+        make_mnist(tmp_path / name, num_train=NUM_TRAIN, num_test=10, seed=10 * seed)
     # Validation labels differ from training labels so that a test can tell the splits apart.
     rng = np.random.default_rng(0)
     for name, files, classes in (("cifar10", [f"data_batch_{i}.bin" for i in range(1, 6)], 10),
@@ -255,8 +255,16 @@ def test_mlp_initializations(data_dir):
                                [1 / np.sqrt(784), 1 / np.sqrt(300)], rtol=0.05)
     np.testing.assert_array_equal(fan_in[1], np.zeros(300))
     np.testing.assert_array_equal(fan_in[3], np.zeros(10))
+    # Keras' glorot_uniform: uniform in +-sqrt(6 / (fan_in + fan_out)), std limit / sqrt(3).
+    glorot = problems.mlp("mnist", (300,), data_dir=data_dir, initialization="glorot").init(SEED)
+    limits = [np.sqrt(6 / (784 + 300)), np.sqrt(6 / (300 + 10))]
+    np.testing.assert_allclose([np.abs(glorot[0]).max(), np.abs(glorot[2]).max()], limits,
+                               rtol=0.01)
+    np.testing.assert_allclose([np.std(glorot[0]), np.std(glorot[2])],
+                               np.array(limits) / np.sqrt(3), rtol=0.05)
+    np.testing.assert_array_equal(glorot[1], np.zeros(300))
     with pytest.raises(ValueError, match=r"Unknown initialization 'he'; expected one of "
-                                         r"\('original', 'fan_in'\)"):
+                                         r"\('original', 'fan_in', 'glorot'\)"):
         problems.mnist(data_dir=data_dir, initialization="he")
 
 
@@ -332,3 +340,53 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     # Adam takes the loss well below ln(10) = 2.30 (10^0.36) within 50 steps.
     error = float(result.stdout.split("Log Mean Final Error: ")[1].split()[0])
     assert error < 0.2
+
+
+def test_instances_draw_a_dataset_and_an_activation_from_their_seed(data_dir):
+    mixed = problems.mlp(("mnist", "fashion_mnist"), (6,), ("sigmoid", "relu", "tanh", "gelu"),
+                         batch_size=5, data_dir=data_dir, initialization="glorot")
+    drawn = set()
+    for index in range(40):
+        seed = meta.epoch_seed(0, meta.TRAIN, index)
+        params = mixed.init(seed)
+        inputs, labels, choice = mixed.sample(seed, 3)
+        # The instance's dataset: its batch is the plain problem's batch of one of the two.
+        losses = {}
+        for dataset in ("mnist", "fashion_mnist"):
+            for activation in ("sigmoid", "relu", "tanh", "gelu"):
+                plain = problems.mlp(dataset, (6,), activation, batch_size=5, data_dir=data_dir,
+                                     initialization="glorot")
+                plain_inputs, plain_labels = plain.sample(seed, 3)
+                if np.array_equal(plain_inputs, inputs) and np.array_equal(plain_labels, labels):
+                    losses[(dataset, activation)] = float(plain.loss(params, (plain_inputs,
+                                                                              plain_labels)))
+        matching = [key for key, value in losses.items()
+                    if key[1] == ("sigmoid", "relu", "tanh", "gelu")[int(choice)]]
+        assert len(matching) == 1, losses
+        np.testing.assert_allclose(float(mixed.loss(params, (inputs, labels, choice))),
+                                   losses[matching[0]], rtol=1e-6)
+        # The same for every step of the epoch: the draw is a function of the seed only.
+        assert int(mixed.sample(seed, 7)[2]) == int(choice)
+        drawn.add(matching[0])
+    assert len(drawn) == 8  # Every dataset with every activation, in 40 instances.
+
+
+def test_convnet_is_kerass_conv_net(data_dir):
+    import keras  # pylint: disable=import-outside-toplevel
+    problem = problems.convnet("mnist", (3, 5), "relu", batch_size=4, data_dir=data_dir)
+    params = problem.init(SEED)
+    model = keras.Sequential([keras.Input((28, 28, 1)),
+                              keras.layers.Conv2D(3, 3, padding="same", activation="relu"),
+                              keras.layers.MaxPooling2D(2, padding="same"),
+                              keras.layers.Conv2D(5, 3, padding="same", activation="relu"),
+                              keras.layers.MaxPooling2D(2, padding="same"),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.set_weights([p.numpy() for p in params])
+    inputs, labels = problem.sample(SEED, 0)
+    logits = model(inputs)
+    expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    np.testing.assert_allclose(float(problem.loss(params, (inputs, labels))), float(expected),
+                               rtol=1e-5)
+    # Glorot-uniform kernels: within +-sqrt(6 / (9 * (in + out))).
+    assert np.abs(params[0]).max() <= np.sqrt(6 / (9 * (1 + 3)))
+    assert np.abs(params[0]).max() > 0.9 * np.sqrt(6 / (9 * (1 + 3)))
