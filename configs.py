@@ -15,6 +15,7 @@ import os
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import datasets
+import task_families
 import util
 import weights_file
 
@@ -24,6 +25,9 @@ BASELINES = ("Adam", "RMSprop", "SGD", "NAG")  # TensorFlow's optimizers, run by
 LAMBDA_MODES = ("per_coordinate", "scalar")  # networks.LearnedLambdaDeepLSTM.
 META_OBJECTIVES = ("train", "validation")
 STRATEGIES = ("none", "mirrored", "multi_worker")
+ESTIMATORS = ("tbptt", "es", "pes")  # estimators.py: how a meta-update's gradient is estimated.
+# The learned networks the command line can choose (--net), and what a family trains by default.
+LEARNED_NETS = ("CoordinateWiseDeepLSTM", "NormalizedMLP")
 # How meta.unroll's backward pass gets each optimizee step's values, and what each costs
 # (measured in bench/README.md): "steps" is the fastest on a CPU; "chunks" the smallest, and the
 # only one whose memory barely depends on the unroll length.
@@ -103,6 +107,34 @@ def _mlp(dataset, lstm=_PREPROCESSED, **options):
     return config
 
 
+def _glorot_mlp(dataset, layers, activation):
+    """A model as a user writes it in Keras (Dense layers, glorot-uniform weights), optimized by
+    default by the paper's MNIST LSTM's configuration (so that its file loads for it)."""
+    def config(split, data_dir, loader):
+        problem = problems.mlp(dataset, layers, activation, split=split, data_dir=data_dir,
+                               loader=loader, initialization="glorot")
+        return Config(problem, {"cw": _lstm(**_PAPER)}, None)
+    return config
+
+
+def _glorot_cnn(split, data_dir, loader):
+    """Conv2D 8 and 16 (3x3, relu, 2x2 max-pooling), then Dense 10: a user's small CNN."""
+    return Config(problems.convnet("mnist", (8, 16), "relu", split=split, data_dir=data_dir,
+                                   loader=loader), {"cw": _lstm(**_PAPER)}, None)
+
+
+# The general optimizer's network by default (see networks.NormalizedMLP).
+_NORMALIZED_MLP = {"net": "NormalizedMLP", "net_options": {}}
+
+
+def _family(name):
+    def config(split, data_dir, loader):
+        problem = task_families.FamilyProblems(task_families.FAMILIES[name], split, data_dir,
+                                               loader)
+        return Config(problem, {"cw": dict(_NORMALIZED_MLP)}, None)
+    return config
+
+
 def _cifar(split, data_dir, loader):
     return Config(problems.cifar10(split=split, data_dir=data_dir, loader=loader),
                   {"cw": _lstm(**_PREPROCESSED)}, None)
@@ -133,6 +165,14 @@ CONFIGS: Dict[str, Callable[[str, Optional[str], Optional[Callable]], Config]] =
     "cifar-multi": _cifar_multi,
     "cifar-mlp": _mlp("cifar10"),
     "cifar100-mlp": _mlp("cifar100"),
+    # Models a user would write (Keras' initialisation), held out of every task family: a
+    # general optimizer is evaluated on them (docs/results.md, "A general optimizer").
+    "heldout-mnist-relu": _glorot_mlp("mnist", (64, 32), "relu"),
+    "heldout-fashion-relu": _glorot_mlp("fashion_mnist", (64, 32), "relu"),
+    "heldout-mnist-tanh": _glorot_mlp("mnist", (64, 64), "tanh"),
+    "heldout-mnist-cnn": _glorot_cnn,
+    # Task families: every instance draws its problem (task_families.py).
+    **{task_families.PREFIX + name: _family(name) for name in task_families.FAMILIES},
 }
 
 
@@ -206,7 +246,8 @@ def with_optimizer_kind(net_config, kind, fixed_lambda=0.01, lambda_mode="per_co
 
 
 def with_net_options(net_config, options_json):
-    """`net_config` with JSON `options_json` merged into every learned network's options.
+    """`net_config` with JSON `options_json` merged into every learned network's options
+    (networks with weights: not the hand-designed Sgd and Adam).
 
     Raises:
       util.FlagError: not a JSON object (the message names --net_options).
@@ -219,7 +260,22 @@ def with_net_options(net_config, options_json):
     if not isinstance(options, dict):
         raise util.FlagError(f"--net_options must be a JSON object, got {options_json[:200]!r}.")
     return {key: dict(config, net_options={**config.get("net_options", {}), **options})
-            if config["net"] in _LSTM_NETS else config for key, config in net_config.items()}
+            if config["net"] in _LSTM_NETS + LEARNED_NETS else config
+            for key, config in net_config.items()}
+
+
+# The options a learned network gets when --net chooses it for a configuration of another one.
+_NET_DEFAULTS = {"CoordinateWiseDeepLSTM": dict(layers=(20, 20), **_PAPER), "NormalizedMLP": {}}
+
+
+def with_net(net_config, net):
+    """`net_config` with every learned network (`LEARNED_NETS`) made a `net`: with the options
+    it had if it was one, else with `net`'s defaults (the paper's LSTM; the MLP's own)."""
+    if net not in LEARNED_NETS:
+        raise ValueError(f"Unknown learned network {net!r}; expected one of {LEARNED_NETS}.")
+    return {key: {"net": net, "net_options": dict(_NET_DEFAULTS[net]) if config["net"] != net
+                  else config.get("net_options", {})} if config["net"] in LEARNED_NETS else config
+            for key, config in net_config.items()}
 
 
 def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--path"):
@@ -239,7 +295,7 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--pa
         raise util.FlagError(f"{flag} {path} does not exist.")
     result = {}
     for key, config in net_config.items():
-        learned_net = config["net"] in _LSTM_NETS
+        learned_net = config["net"] in _LSTM_NETS + LEARNED_NETS
         net_kind = kind if learned_net else "L2L"
         net = weights_file.KIND_NETS[kind] if learned_net else config["net"]
         if os.path.isdir(path):
@@ -249,6 +305,12 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--pa
                                  f"{sorted(net_config)}; pass the directory that holds them.")
         else:
             file_path = path
+        if learned_net and net_kind == "L2L":
+            # An L2L file may hold any learned network (the paper's LSTM, a NormalizedMLP):
+            # the file says which.
+            recorded = weights_file.load(file_path).net
+            if recorded in LEARNED_NETS:
+                net = recorded
         result[key] = {"net": net, "net_path": file_path}
     return result
 

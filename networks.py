@@ -845,14 +845,16 @@ class NormalizedMLP(Network):
 
     coordinatewise = True
 
-    def __init__(self, hidden=(32, 32), decays=(0.5, 0.9, 0.99), second_moment_decay=0.999,
+    def __init__(self, hidden=(32,), decays=(0.5, 0.9, 0.99), second_moment_decay=0.999,
                  time_scales=(10, 100), initial_learning_rate=1e-3, max_log_scale=3.0,
                  max_direction=1.0, feature_clip=5.0, epsilon=1e-8, max_log_lr=0.0,
                  initializer=None, dtype=tf.float32, name="normalized_mlp"):
         """Builds the network.
 
         Args:
-          hidden: sizes of the hidden layers (ReLU); `()` leaves only the output layer.
+          hidden: sizes of the hidden layers (ReLU); `()` leaves only the output layer. One
+            layer of 32 costs about 300 multiply-adds per coordinate and step (the paper's
+            2x20 LSTM about 5,000): on a CPU the optimizer must not cost more than the model.
           decays: the momenta's decays; 0.9 must be one of them (Adam's direction).
           second_moment_decay: of the second moment that normalises every gradient feature.
           time_scales: `tanh(t / s)` inputs; `()` for none.
@@ -919,7 +921,7 @@ class NormalizedMLP(Network):
 
     @classmethod
     def weight_shapes(cls, options):
-        hidden = _sizes("hidden", options.get("hidden", (32, 32)), MAX_UNITS)
+        hidden = _sizes("hidden", options.get("hidden", (32,)), MAX_UNITS)
         _fractions("decays", options.get("decays", (0.5, 0.9, 0.99)))
         _time_scales(options.get("time_scales", (10, 100)))
         shapes, fan_in = {}, cls._feature_count(options)

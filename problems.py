@@ -214,6 +214,26 @@ def _batch(data, batch_size, seed, salt, step):
     return tf.gather(x, indices), tf.gather(y, indices)
 
 
+# The tensors of data already held, by the arrays they were made of: the problems of a task
+# family (one per shape) share their datasets instead of holding a copy each.
+_DEVICE_DATA = {}
+
+
+def _device_data(parts, flatten):
+    """`(x, y, sizes)`: the examples of `parts` (`[(x, y)]` arrays) concatenated as tensors."""
+    key = (flatten,) + tuple((x.__array_interface__["data"][0], x.shape,
+                              y.__array_interface__["data"][0], y.shape) for x, y in parts)
+    if key not in _DEVICE_DATA:
+        # Images stay uint8 in memory (a quarter of float32) and are scaled per batch.
+        x = np.concatenate([x.reshape(len(x), -1) if flatten else x for x, _ in parts])
+        y = np.concatenate([y for _, y in parts]).astype(np.int32)
+        # The arrays are kept with the tensors, so that their addresses stay theirs.
+        _DEVICE_DATA[key] = (parts, (tf.constant(x), tf.constant(y), [len(x) for x, _ in parts]))
+        if len(_DEVICE_DATA) > 16:  # A process of many datasets: forget the oldest.
+            del _DEVICE_DATA[next(iter(_DEVICE_DATA))]
+    return _DEVICE_DATA[key][1]
+
+
 def _dataset_problem(load, split, batch_size, params, forward, flatten, activations=None):
     """A classification problem: a batch of `batch_size` examples drawn uniformly at each step.
 
@@ -239,11 +259,7 @@ def _dataset_problem(load, split, batch_size, params, forward, flatten, activati
 
     def in_memory(which):
         parts = [loader(which) for loader in loads]
-        sizes = [len(x) for x, _ in parts]
-        # Images stay uint8 in memory (a quarter of float32) and are scaled per batch.
-        x = np.concatenate([x.reshape(len(x), -1) if flatten else x for x, _ in parts])
-        y = np.concatenate([y for _, y in parts]).astype(np.int32)
-        return tf.constant(x), tf.constant(y), sizes
+        return _device_data(parts, flatten)
 
     train = in_memory(split)
     held_out = in_memory("validation") if split == "train" else None

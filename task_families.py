@@ -125,6 +125,11 @@ class FamilyProblems:
         self.family, self._split, self._data_dir, self._loader = family, split, data_dir, loader
         self._built = {}
 
+    @property
+    def held_out(self):
+        """Whether the instances have held-out (validation) batches: on the training split."""
+        return self._split == "train"
+
     def problem(self, index):
         if index not in self._built:
             self._built[index] = self.family.problem(index, self._split, self._data_dir,

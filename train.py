@@ -67,6 +67,19 @@ flags.DEFINE_enum("rematerialize", None, sorted(configs.REMATERIALIZE), "How the
                   "fastest), chunks (keep only the optimizee's gradients and replay the network "
                   "over chunks of coordinates: memory that barely grows with --unroll_length, "
                   "for large optimizees; slower) or off (keep every activation).")
+flags.DEFINE_enum("estimator", "tbptt", configs.ESTIMATORS, "How each meta-update's gradient "
+                  "is estimated: tbptt (backpropagation through each truncation of "
+                  "--unroll_length steps, the paper's), es (antithetic evolution strategies over "
+                  "the whole epoch: one update per epoch) or pes (persistent evolution "
+                  "strategies: one unbiased update per truncation). ES and PES run forward only, "
+                  "so memory does not grow with the horizon.")
+flags.DEFINE_integer("perturbations", 8, "ES and PES: antithetic pairs of perturbations of the "
+                     "optimizer's weights per instance and meta-update.", lower_bound=1,
+                     upper_bound=1024)
+flags.DEFINE_float("es_std", 0.01, "ES and PES: standard deviation of the perturbations.")
+flags.DEFINE_enum("net", None, configs.LEARNED_NETS, "The learned network to meta-train; "
+                  "default: the problem's (the paper's CoordinateWiseDeepLSTM; NormalizedMLP for "
+                  "task families). --net_options are that network's.")
 flags.DEFINE_integer("checkpoint_period", 100, "Epochs between checkpoints in save_path.",
                      lower_bound=1)
 flags.DEFINE_boolean("restart", False, "Start over in a save_path that holds a run, instead of "
@@ -80,7 +93,8 @@ def _check_flags(argv):
     """Flag values and combinations that cannot work, each a one-line error naming the flag."""
     import util  # pylint: disable=import-outside-toplevel
     cli.check_no_arguments(argv)
-    cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
+    cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max,
+                       es_std=FLAGS.es_std)
     cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
     given = lambda name: FLAGS[name].present
     for name in configs.KIND_FLAGS["learned"]:  # Every kind's flags are among learned's.
@@ -93,6 +107,19 @@ def _check_flags(argv):
             if given(name):
                 raise util.FlagError(f"--{name} does not apply with --initial_path: the "
                                      f"network's options are those its file records.")
+    if FLAGS.estimator != "tbptt":
+        for name in ("second_derivatives", "rematerialize"):
+            if given(name):
+                raise util.FlagError(f"--{name} applies to --estimator=tbptt (backpropagation); "
+                                     f"--estimator={FLAGS.estimator} runs forward only.")
+    else:
+        for name in ("perturbations", "es_std"):
+            if given(name):
+                raise util.FlagError(f"--{name} applies to --estimator=es and pes; remove it "
+                                     f"(or choose one of them).")
+    if FLAGS.initial_path and given("net"):
+        raise util.FlagError("--net does not apply with --initial_path: the network is the one "
+                             "its file records.")
     if FLAGS.second_derivatives and FLAGS.rematerialize not in (None, "off"):
         raise util.FlagError(f"--rematerialize={FLAGS.rematerialize} reuses first-order "
                              f"gradients; with --second_derivatives use --rematerialize=off.")
@@ -109,7 +136,9 @@ def _check_flags(argv):
 def _meta_objective(problem):
     """The meta-objective: the flag, or the recommended one for the optimizer and problem."""
     import util  # pylint: disable=import-outside-toplevel
-    held_out = problem.sample_validation is not None
+    import task_families  # pylint: disable=import-outside-toplevel
+    held_out = (problem.held_out if isinstance(problem, task_families.FamilyProblems) else
+                problem.sample_validation is not None)
     if FLAGS.meta_objective == "validation" and not held_out:
         raise util.FlagError(f"--meta_objective=validation needs a problem with held-out data; "
                              f"--problem={FLAGS.problem} has none (use --meta_objective=train).")

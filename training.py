@@ -30,7 +30,9 @@ import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
 import cli  # noqa: E402  pylint: disable=wrong-import-position
 import configs  # noqa: E402  pylint: disable=wrong-import-position
+import estimators  # noqa: E402  pylint: disable=wrong-import-position
 import meta  # noqa: E402  pylint: disable=wrong-import-position
+import task_families  # noqa: E402  pylint: disable=wrong-import-position
 import networks  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -69,6 +71,13 @@ def run_flags(flags, objective):
     check_flags(flags)
     values = {name: flags[name].value for name in RUN_FLAGS + configs.KIND_FLAGS[flags.which_aml]}
     values["meta_objective"] = objective
+    # Recorded only where they change the run, so that the runs before them resume as they were
+    # (an older record has none; a resume that asks for another estimator is refused).
+    if flags.estimator != "tbptt":
+        values.update(estimator=flags.estimator, perturbations=flags.perturbations,
+                      es_std=flags.es_std)
+    if flags.net:
+        values["net"] = flags.net
     # The evaluations decide which optimizer is kept: a resume that evaluated on other epochs
     # or another horizon would compare its losses with incomparable ones. Recorded as resolved
     # (the defaults' values), so that spelling out a default still resumes.
@@ -187,6 +196,8 @@ def _build(flags, config, objective, strategy):
     net_config = configs.with_optimizer_kind(config.net_config, flags.which_aml,
                                              flags.fixed_lambda, flags.lambda_mode,
                                              flags.lambda_max)
+    if flags.net:
+        net_config = configs.with_net(net_config, flags.net)
     if flags.net_options:
         net_config = configs.with_net_options(net_config, flags.net_options)
     if flags.initial_path:
@@ -209,20 +220,46 @@ def _build(flags, config, objective, strategy):
         except util.OptionError as e:  # The networks' own checks; anything else is a bug.
             raise util.FlagError(f"The optimizer's options are invalid ({e}); check "
                                  f"--net_options, --fixed_lambda and --lambda_max.") from None
-        minimize = optimizer.meta_minimize(
-            config.problem, flags.unroll_length, learning_rate=flags.learning_rate,
-            net_assignments=config.net_assignments, second_derivatives=flags.second_derivatives,
-            state_reset_period=flags.state_reset_period, meta_objective=objective,
-            mode=flags.mode, meta_batch_size=flags.meta_batch_size, strategy=strategy,
-            rematerialize=flags.rematerialize)
+        family = isinstance(config.problem, task_families.FamilyProblems)
+        eval_batch = evaluation_batch(flags.evaluation_epochs, replicas)
+        eval_length = meta.eval_unroll_length(evaluation_steps(flags))
+        if family or flags.estimator != "tbptt":
+            if strategy is not None:
+                raise util.FlagError(f"--strategy={flags.strategy} runs --estimator=tbptt on a "
+                                     f"single problem; for a task family or ES/PES use "
+                                     f"--strategy=none.")
+            problems_of = (estimators.family_problems(config.problem) if family else
+                           estimators.single_problem(config.problem))
+            pool = ([config.problem.problem(i) for i in range(len(config.problem.family.pool))]
+                    if family else [config.problem])
+            minimize = estimators.MetaTrainer(
+                optimizer, problems_of, flags.unroll_length, flags.num_steps, flags.estimator,
+                learning_rate=flags.learning_rate, meta_batch_size=flags.meta_batch_size,
+                perturbations=flags.perturbations, std=flags.es_std,
+                net_assignments=config.net_assignments, mode=flags.mode,
+                meta_objective=objective, second_derivatives=flags.second_derivatives,
+                state_reset_period=flags.state_reset_period, rematerialize=flags.rematerialize,
+                pool=pool)
+        else:
+            minimize = optimizer.meta_minimize(
+                config.problem, flags.unroll_length, learning_rate=flags.learning_rate,
+                net_assignments=config.net_assignments,
+                second_derivatives=flags.second_derivatives,
+                state_reset_period=flags.state_reset_period, meta_objective=objective,
+                mode=flags.mode, meta_batch_size=flags.meta_batch_size, strategy=strategy,
+                rematerialize=flags.rematerialize)
         # Held-out epochs (validation data where the problem has data) choose the optimizer to
         # keep, several at once (each replica its share): the numbers of one at a time.
-        evaluation = optimizer.meta_loss(
-            eval_config.problem, meta.eval_unroll_length(evaluation_steps(flags)),
-            net_assignments=eval_config.net_assignments,
-            state_reset_period=flags.state_reset_period, mode=flags.mode,
-            meta_batch_size=evaluation_batch(flags.evaluation_epochs, replicas),
-            strategy=strategy)
+        if family:
+            evaluation = estimators.MetaTrainer(
+                optimizer, estimators.family_problems(eval_config.problem), eval_length,
+                evaluation_steps(flags), estimator=None, meta_batch_size=eval_batch,
+                mode=flags.mode, state_reset_period=flags.state_reset_period)
+        else:
+            evaluation = optimizer.meta_loss(
+                eval_config.problem, eval_length, net_assignments=eval_config.net_assignments,
+                state_reset_period=flags.state_reset_period, mode=flags.mode,
+                meta_batch_size=eval_batch, strategy=strategy)
     return optimizer, minimize, evaluation, evaluation.meta_batch_size
 
 

@@ -317,10 +317,11 @@ class NormalizedMLPTest(tf.test.TestCase, parameterized.TestCase):
         net = self._trained_like(tf.float64)
         x0 = tf.constant([1.0, -2.0, 0.5], tf.float64)
 
-        def meta_loss():  # Three steps on 0.5 ||x||^2, the gradient a constant of the weights.
+        def meta_loss():  # Three steps on 0.5 ||x||^2 (whose gradient is x), differentiated
+            # through the network's inputs too: central differences see every dependence.
             x, state, total = x0, net.initial_state_for_inputs(x0), 0.0
             for _ in range(3):
-                update = net.update(tf.stop_gradient(x), state)
+                update = net.update(x, state)
                 x, state = x + update.step, update.next_state
                 total += 0.5 * tf.reduce_sum(tf.square(x))
             return total

@@ -1,0 +1,163 @@
+"""Tests for estimators.py: truncated backpropagation, ES and PES over instances."""
+
+import numpy as np
+import tensorflow as tf
+
+import estimators
+import meta
+import problems
+
+
+def _half_square(x0=(1.0, -2.0, 0.5), dtype=tf.float32):
+    return problems.Problem(("x",), lambda seed: [tf.constant(x0, dtype)], lambda seed, step: (),
+                            lambda params, data: 0.5 * tf.reduce_sum(tf.square(params[0])))
+
+
+def _lstm(**options):
+    options.setdefault("layers", (3,))
+    return meta.MetaOptimizer(cw={"net": "CoordinateWiseDeepLSTM", "net_options": options})
+
+
+def _values(trainer):
+    return [tf.convert_to_tensor(v) for v in trainer.variables]
+
+
+def _context(seed, truncation=0, last=True, std=0.01):
+    return estimators.Context(1, std, np.asarray([seed], np.int32), truncation, last)
+
+
+class TruncatedBackpropTest(tf.test.TestCase):
+
+    def test_trainer_trains_as_the_unroll(self):
+        problem = problems.quadratic(batch_size=3, num_dims=4)
+
+        def weights_after(make):
+            tf.random.set_seed(5)
+            optimizer = _lstm(preprocess_name="LogAndSign", preprocess_options={"k": 5})
+            unroll = make(optimizer)
+            for epoch in range(2):
+                meta.run_epoch(unroll, 3, meta.instance_seeds(0, meta.TRAIN, epoch, 2))
+            return [v.numpy() for v in unroll.variables]
+
+        reference = weights_after(lambda o: o.meta_minimize(problem, 4, learning_rate=0.01,
+                                                            mode="graph", meta_batch_size=2))
+        ours = weights_after(lambda o: estimators.MetaTrainer(
+            o, estimators.single_problem(problem), 4, 12, "tbptt", learning_rate=0.01,
+            meta_batch_size=2, mode="graph"))
+        for expected, got in zip(reference, ours):
+            self.assertAllClose(got, expected, rtol=1e-5, atol=1e-7)
+
+    def test_instances_of_different_shapes_average_their_meta_gradients(self):
+        shapes = [problems.quadratic(batch_size=2, num_dims=3),
+                  problems.quadratic(batch_size=4, num_dims=2)]
+        seeds = meta.instance_seeds(0, meta.TRAIN, 1, 2)
+        optimizer = _lstm()
+        trainer = estimators.MetaTrainer(
+            optimizer, lambda s: [(0, shapes[0]), (1, shapes[1])], 3, 3, "tbptt",
+            learning_rate=1e-3, meta_batch_size=2, mode="graph")
+        trainer.reset(seeds)
+        self.assertLen(trainer._batches, 2)  # pylint: disable=protected-access
+        values = _values(trainer)
+        grads = []
+        for batch, carry in zip(trainer._batches, trainer._carries):  # pylint: disable=protected-access
+            grads.append(batch.kernel.gradient(values, carry)[2])
+        unroll = optimizer.meta_loss(shapes, 3, mode="graph")  # Both in one call, as reference.
+        unroll.reset(seeds)
+        _, expected = unroll.meta_gradient()
+        for got, want in zip(zip(*grads), expected):
+            self.assertAllClose((got[0] + got[1]) / 2, want, rtol=1e-5, atol=1e-7)
+
+    def test_kernels_trace_once(self):
+        problem = problems.quadratic(batch_size=2, num_dims=3)
+        trainer = estimators.MetaTrainer(_lstm(), estimators.single_problem(problem), 2, 4,
+                                         "pes", learning_rate=1e-3, perturbations=2,
+                                         mode="graph")
+        for epoch in range(3):
+            meta.run_epoch(trainer, 2, meta.instance_seeds(0, meta.TRAIN, epoch, 1))
+        kernel, = trainer._kernels.values()  # pylint: disable=protected-access
+        self.assertEqual(kernel.forward.experimental_get_tracing_count(), 1)
+        self.assertEqual(kernel.initial.experimental_get_tracing_count(), 1)
+
+
+class EvolutionStrategiesTest(tf.test.TestCase):
+
+    def test_es_mean_is_the_gradient_of_a_quadratic_meta_loss(self):
+        # A linear network (no LSTM layer, no preprocessing): x1 = x0 + w x0 + b is linear in
+        # the weights, so the meta-loss f(x0) + f(x1) is quadratic in them, its Gaussian
+        # smoothing has the same gradient, and antithetic ES is unbiased for it.
+        optimizer = _lstm(layers=())
+        trainer = estimators.MetaTrainer(optimizer, estimators.single_problem(_half_square()), 1,
+                                         1, "es", learning_rate=1e-3, mode="graph")
+        trainer.reset([[0, 0]])
+        kernel = trainer._batches[0].kernel  # pylint: disable=protected-access
+        values = [v + 0.3 for v in _values(trainer)]  # Away from the initial weights.
+        carry = kernel.initial(tf.constant([[0, 0]], tf.int32))
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss = kernel.forward(values, carry)[0]
+        analytic = np.concatenate([g.numpy().ravel() for g in tape.gradient(loss, values)])
+        samples = []
+        for i in range(400):
+            carries = estimators.initial_carries("es", kernel, np.array([[i, 7]]), values, 1)
+            estimate, _, _ = estimators.es(kernel, values, carries, _context([i, 7], std=0.5))
+            samples.append(np.concatenate([e.numpy().ravel() for e in estimate]))
+        samples = np.array(samples)
+        mean, error = samples.mean(0), samples.std(0) / np.sqrt(len(samples))
+        self.assertLess(np.max(np.abs(mean - analytic) / error), 4.0)
+        # Precise enough to tell: the standard errors are a small part of the gradient.
+        self.assertGreater(np.linalg.norm(analytic), 10 * np.max(error))
+
+
+class PersistentEvolutionStrategiesTest(tf.test.TestCase):
+
+    def _setup(self, truncations=4, length=3):
+        tf.random.set_seed(1)
+        optimizer = _lstm(layers=(3,), preprocess_name="LogAndSign",
+                          preprocess_options={"k": 5}, scale=0.3)
+        problem = problems.quadratic(batch_size=2, num_dims=3)
+        trainer = estimators.MetaTrainer(optimizer, estimators.single_problem(problem), length,
+                                         truncations * length, "pes", learning_rate=1e-3,
+                                         mode="graph")
+        seed = meta.epoch_seed(0, meta.TRAIN, 0)
+        trainer.reset(seed[None])
+        return trainer, trainer._batches[0].kernel, seed  # pylint: disable=protected-access
+
+    def test_pes_is_unbiased_over_an_epoch_and_truncated_es_is_not(self):
+        truncations = 4
+        trainer, kernel, seed = self._setup(truncations)
+        values = _values(trainer)
+        # The exact gradient of the epoch's meta-loss (every truncation's, each continuing from
+        # the last) with second derivatives: what ES and PES measure, as the weights move the
+        # optimizee's gradients too.
+        exact = estimators.Kernel(trainer._meta, kernel.problems, kernel.unroll_length,  # pylint: disable=protected-access
+                                  trainer.variables, options={"second_derivatives": True},
+                                  mode="graph")
+        carry = exact.initial(tf.constant(seed[None]))
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            total = 0.0
+            for _ in range(truncations):
+                loss, _, carry = exact.forward(values, carry)
+                total += loss
+        reference = np.concatenate([g.numpy().ravel() for g in tape.gradient(total, values)])
+
+        def epoch_estimates(estimator, samples):
+            result = []
+            for i in range(samples):
+                seeds = np.array([[i, 11]], np.int32)
+                carries = estimators.initial_carries("pes", kernel, seeds, values, 1)
+                summed = 0.0
+                for t in range(truncations):
+                    estimate, carries, _ = estimator(kernel, values, carries,
+                                                     _context(seeds[0], t, std=0.01))
+                    summed += np.concatenate([e.numpy().ravel() for e in estimate])
+                result.append(summed)
+            return np.array(result)
+
+        pes = epoch_estimates(estimators.pes, 600)
+        z_pes = (pes.mean(0) - reference) / (pes.std(0) / np.sqrt(len(pes)))
+        self.assertLess(np.max(np.abs(z_pes)), 4.5)
+        truncated = epoch_estimates(estimators.truncated_es, 600)
+        z_truncated = ((truncated.mean(0) - reference)
+                       / (truncated.std(0) / np.sqrt(len(truncated))))
+        self.assertGreater(np.max(np.abs(z_truncated)), 8.0)
