@@ -962,7 +962,7 @@ def check_saved(net, net_options, weights, where, dtype=tf.float32):
                                     f"network cannot have: its weights are its own.")
     try:
         expected = NETWORKS[net].weight_shapes(options)
-        weights_file.check_storable(expected, f"A {net} with these options")
+        weights_file.check_storable(expected, "these options")
     except (ValueError, TypeError) as e:
         raise util.WeightsFileError(f"{where} records bad options for a {net}: {e}") from None
     if weights is None:

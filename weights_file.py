@@ -187,19 +187,23 @@ def check_storable(shapes, what):
 
 # -- Reading ----------------------------------------------------------------------------------
 
-def load(path):
+def load(path, where=None):
     """Reads a weights file: this project's format, or a legacy TF1-era `.l2l` pickle.
+
+    `where` names the file in messages about its content instead of `path` (a file unpacked
+    from a `.keras` archive into a temporary folder is better called after the archive).
 
     Raises:
       WeightsFileError: the file is missing, not a regular file, too large, damaged, not an
         optimizer file, or holds non-finite or non-float weights.
     """
     data = util.read_file(path, MAX_FILE_BYTES, what="optimizer file", error=WeightsFileError)
+    where = path if where is None else where
     if data[:4] == ZIP_MAGIC:
-        return _load_own(path, data)
+        return _load_own(where, data)
     if data[:1] == PICKLE_MAGIC:
         return _load_legacy(path, data)
-    raise WeightsFileError(f"{path} is not an optimizer file (neither this project's format "
+    raise WeightsFileError(f"{where} is not an optimizer file (neither this project's format "
                            f"nor a legacy .l2l pickle).")
 
 
