@@ -1,6 +1,6 @@
 """A trained optimizer network as a Keras 3 optimizer, for any Keras model.
 
-    from learned_optimizer import LearnedOptimizer
+    from l2l import LearnedOptimizer  # In a clone, without the install: from learned_optimizer.
     import keras
     import numpy as np
     x = (np.random.default_rng(0).random([512, 784]) < 0.1).astype(np.float32)  # Sparse, as MNIST.

@@ -13,7 +13,9 @@ tracebacks are the source's. An import of a top-level module the package does no
 the build, naming it.
 
 Not editable (`pip install -e`): the package's files are rewritten copies; run the clone itself
-or re-install after a change.
+or re-install after a change. (setuptools reports an error in a customised build step of an
+editable install as a warning and installs anyway, so the refusal is `import l2l`'s: see
+`l2l/__init__.py`.)
 """
 
 import ast
@@ -96,13 +98,10 @@ class BuildPackage(build_py):
     """build_py, then the listed modules rewritten into the package and its data copied."""
 
     def run(self):
-        # Refused; setuptools 64-69 turn this error into a warning, and `import l2l` says it.
-        if getattr(self, "editable_mode", False):
-            raise RuntimeError(f"{PACKAGE} cannot be installed in editable mode (-e): its "
-                               f"modules are rewritten copies of the clone's files. Install "
-                               f"it with `pip install <clone>`, or run from the clone.")
-        super().run()
         target = os.path.join(self.build_lib, PACKAGE)
+        # A build folder left by an earlier install would ship the files it had.
+        shutil.rmtree(target, ignore_errors=True)
+        super().run()
         modules, project = package_modules(), top_level_modules()
         sources = {"__init__": os.path.join(ROOT, PACKAGE, "__init__.py")}
         sources.update((name, os.path.join(ROOT, f"{name}.py")) for name in modules)
