@@ -258,10 +258,14 @@ def _check_learning_rate(learning_rate):
         raise TypeError(f"learning_rate must be a number >= 0, a schedule or a callable, got "
                         f"{learning_rate!r}.")
     if isinstance(learning_rate, (int, float, np.number)):
-        if not math.isfinite(learning_rate) or learning_rate < 0:
+        try:
+            value = float(learning_rate)
+        except OverflowError:  # An int beyond float's range.
+            value = math.inf
+        if not math.isfinite(value) or value < 0:
             raise ValueError(f"learning_rate must be a finite number >= 0 (1.0 is the trained "
-                             f"optimizer), got {learning_rate!r}.")
-        return float(learning_rate)
+                             f"optimizer), got {str(learning_rate)[:40]}.")
+        return value
     return learning_rate
 
 

@@ -580,7 +580,8 @@ class KerasFileTest(tf.test.TestCase, parameterized.TestCase):
 class ArgumentsTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.parameters((math.nan, ValueError), (math.inf, ValueError),
-                              (-1.0, ValueError), (True, TypeError), ("1.0", TypeError),
+                              (-1.0, ValueError), (10**400, ValueError), (True, TypeError),
+                              ("1.0", TypeError),
                               (None, TypeError))
     def test_a_learning_rate_that_cannot_work_is_refused(self, learning_rate, error):
         with self.assertRaisesRegex(error, "learning_rate must be a .*number >= 0"):
