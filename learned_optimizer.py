@@ -348,8 +348,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         else:
             net_name, options, weights, digest = _network_from_config(network)
             net = networks.build_checked(net_name, options, weights, _WHERE_CONFIG)
-            # Without weights, the network is a shape only until `load_assets` brings them.
-            pending = weights is None
+            # Without weights, the network is a shape only until `load_assets` brings them
+            # (Sgd and Adam have none to wait for).
+            pending = weights is None and bool(net.weights())
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.state_reset_period = state_reset_period
         self.path = path
@@ -367,6 +368,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         # Constants: the network's weights are part of the optimizer, never trained here.
         self._step_weights = None if pending else net.step_weights(
             tf.nest.map_structure(tf.constant, net.get_weights()))
+        self._digest = digest  # None: a config made by hand, without one.
         self._network_identity = _NetworkIdentity(digest or "")
 
     @property
@@ -453,7 +455,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(state_reset_period=self.state_reset_period, network={
             "net": type(self.network).__name__, "net_options": self.network.options,
-            "digest": self._network_identity.digest})
+            "digest": self._digest})
         return config
 
     def save_assets(self, dir_path):

@@ -538,6 +538,17 @@ class KerasFileTest(tf.test.TestCase, parameterized.TestCase):
                               verbose=0).history["loss"]
         self.assertAllClose(np.concatenate([first, second]), whole, rtol=1e-6, atol=0)
 
+    def test_a_config_of_a_network_without_weights_is_complete(self):
+        # Sgd(0.1) has no weights to wait for: made again from its config alone (as
+        # keras.optimizers.deserialize does), the optimizer steps as SGD of rate 0.1.
+        path = os.path.join(self.get_temp_dir(), "sgd.l2l")
+        networks.save(networks.Sgd(0.1), path)
+        config = learned_optimizer.LearnedOptimizer(path, learning_rate=0.5).get_config()
+        optimizer = learned_optimizer.LearnedOptimizer.from_config(config)
+        variable = tf.Variable([1.0, -2.0])
+        optimizer.apply([tf.constant([4.0, 2.0])], [variable])
+        self.assertAllClose(variable, [1.0 - 0.05 * 4.0, -2.0 - 0.05 * 2.0])
+
     @parameterized.named_parameters(*_CRAFTED_CONFIGS)
     def test_crafted_configs_are_one_line_before_anything_is_built(self, network, message):
         directory = self.get_temp_dir()
