@@ -9,7 +9,6 @@ Importing this module does not import TensorFlow (the problems are built when as
 their flags, and answer `--help`, at once; it also holds the names those flags offer.
 """
 
-import importlib
 import json
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional
@@ -54,7 +53,9 @@ class _Problems:
     """`problems`, imported at first use: building a problem needs TensorFlow."""
 
     def __getattr__(self, name):
-        return getattr(importlib.import_module("problems"), name)
+        # A plain import statement, which the installed package's build rewrites (setup.py).
+        import problems as problems_module  # pylint: disable=import-outside-toplevel
+        return getattr(problems_module, name)
 
 
 problems = _Problems()

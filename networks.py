@@ -1065,8 +1065,7 @@ def factory(net, net_options=(), net_path=None):
 
     As the original, the file's weights replace any `initializer`. Options the file records and
     `net_options` does not give come from the file; options given that the file records must
-    agree with it. The file's weights must have exactly the shapes these options make, which is
-    checked before anything is built.
+    agree with it. The file is checked by `check_saved` before anything is built.
 
     Raises:
       ValueError: unknown class name (the message lists the valid ones) or bad options.
@@ -1091,44 +1090,114 @@ def factory(net, net_options=(), net_path=None):
         detail = ", ".join(f"{k}={stored_v!r} in the file but {req!r} asked for"
                            for k, (req, stored_v) in sorted(clashes.items()))
         raise util.WeightsFileError(f"{net_path} does not fit the network: {detail}.")
-    options = dict(saved.net_options, **net_options)
+    options = check_saved(net, dict(saved.net_options, **net_options), saved.weights, net_path,
+                          dtype or tf.float32)
+    if dtype is not None:
+        options["dtype"] = dtype
+    return build_checked(net, options, saved.weights, net_path)
+
+
+def build_checked(net, options, weights, where):
+    """Builds a network `check_saved` passed, with `weights` (None: its initializers)."""
+    try:
+        if net in _NO_INITIALIZER or weights is None:
+            return _build(net, options)
+        return _build(net, dict(options, initializer=weights))
+    except ValueError as e:
+        raise util.WeightsFileError(f"{where} records bad options for a {net}: {e}") from None
+
+
+def check_saved(net, net_options, weights, where, dtype=tf.float32):
+    """The one check of a saved network's class, options and weights, before anything is built.
+
+    `factory` runs it on `.l2l` files and `LearnedOptimizer` on the network a Keras config (a
+    `.keras` file) names, so both refuse the same things with the same words. In this order, so
+    that nothing is allocated for a network that cannot be: the class name; the options (each
+    class's `weight_shapes` checks them without building); the sizes they make, within what an
+    optimizer file can hold (`weights_file.check_storable`); then, if `weights` is given
+    (`{layer: {variable: np.ndarray}}`), its layout, each array's shape and float dtype, and its
+    values: finite, and within the range of `dtype`, in which the network computes (a float64
+    1e300 would be infinite in a float32 step).
+
+    Args:
+      net, net_options: the class name and its options, as a file or config records them.
+      weights: the arrays, or None to check the class and options only.
+      where: what holds them, for messages (a file path, "LearnedOptimizer's network").
+      dtype: the dtype the network will compute in.
+
+    Returns:
+      The options to build with (a StandardDeepLSTM file of before its input size was recorded
+      gets it from its first layer).
+
+    Raises:
+      util.WeightsFileError: anything that does not make a working network; one line naming
+        `where`.
+    """
+    if not isinstance(net, str) or net not in NETWORKS:
+        raise util.WeightsFileError(f"{where} names network {str(net)[:40]!r}, which is none "
+                                    f"of {sorted(NETWORKS)}.")
+    if not isinstance(net_options, dict) or not all(isinstance(k, str) for k in net_options):
+        raise util.WeightsFileError(f"{where} has network options {str(net_options)[:80]}, not a "
+                                    f"JSON object of option names.")
+    options = dict(net_options)
+    # Chosen in code, never by a file or a config: the dtype (their networks step float32
+    # parameters; another would fail only once running) and the initializer (the weights are
+    # theirs).
+    if "dtype" in options:
+        raise util.WeightsFileError(f"{where} records bad options for a {net}: dtype "
+                                    f"{str(options['dtype'])[:40]!r} is not an option of "
+                                    f"optimizer files or --net_options (their networks run in "
+                                    f"float32).")
+    if "initializer" in options:
+        raise util.WeightsFileError(f"{where} records option 'initializer', which a saved "
+                                    f"network cannot have: its weights are its own.")
     try:
         expected = NETWORKS[net].weight_shapes(options)
+        weights_file.check_storable(expected, "these options")
     except (ValueError, TypeError) as e:
-        raise util.WeightsFileError(f"{net_path} records bad options for a {net}: {e}") from None
-    _check_weights(net_path, net, saved.weights, expected)
+        raise util.WeightsFileError(f"{where} records bad options for a {net}: {e}") from None
+    if weights is None:
+        return options
+    _check_weights(where, net, weights, expected, dtype)
     if net == "StandardDeepLSTM" and options.get("input_size") is None and "lstm_1" in expected:
         # Files written before the input size was recorded: it follows from the first layer.
-        rows = saved.weights["lstm_1"]["w_gates"].shape[0] - options["layers"][0]
+        rows = weights["lstm_1"]["w_gates"].shape[0] - options["layers"][0]
         features = _make_preprocess(options.get("preprocess_name", "identity"),
                                     options.get("preprocess_options"))[1]
         options["input_size"] = rows // features
-    try:
-        if "dtype" in saved.net_options:
-            _float_dtype(saved.net_options["dtype"])  # Refused: a file cannot choose it.
-        if dtype is not None:
-            options["dtype"] = dtype
-        if net in _NO_INITIALIZER:
-            return _build(net, options)
-        return _build(net, dict(options, initializer=saved.weights))
-    except ValueError as e:
-        raise util.WeightsFileError(f"{net_path} records bad options for a {net}: {e}") from None
+    return options
 
 
-def _check_weights(path, net, weights, expected):
+def _check_weights(where, net, weights, expected, dtype):
+    if not isinstance(weights, dict) or not all(isinstance(v, dict) for v in weights.values()):
+        raise util.WeightsFileError(f"{where} holds weights that are not {{layer: {{variable: "
+                                    f"array}}}}.")
     layout = {layer: set(vs) for layer, vs in weights.items()}
     wanted = {layer: set(vs) for layer, vs in expected.items()}
     if layout != wanted:
-        raise util.WeightsFileError(f"{path} holds weights {_describe(layout)}; a {net} with "
+        raise util.WeightsFileError(f"{where} holds weights {_describe(layout)}; a {net} with "
                                     f"these options has {_describe(wanted)}.")
+    limit = np.finfo(dtype.as_numpy_dtype).max
     for layer, variables in expected.items():
         for name, shape in variables.items():
-            found = tuple(weights[layer][name].shape)
+            value = weights[layer][name]
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                raise util.WeightsFileError(f"{where}: {layer}/{name} holds {kind} values; "
+                                            f"optimizer weights are float arrays.")
+            found = tuple(value.shape)
             if len(found) != len(shape) or any(e is not None and e != f
                                                for e, f in zip(shape, found)):
                 raise util.WeightsFileError(
-                    f"{path} does not fit the network: {layer}/{name} has shape {found}, a {net} "
+                    f"{where} does not fit the network: {layer}/{name} has shape {found}, a {net} "
                     f"with these options needs {tuple(shape)}.")
+            if not np.all(np.isfinite(value)):
+                raise util.WeightsFileError(f"{where}: {layer}/{name} holds NaN or infinite "
+                                            f"values; the optimizer is unusable (re-train it).")
+            if value.size and np.max(np.abs(value)) > limit:
+                raise util.WeightsFileError(
+                    f"{where}: {layer}/{name} holds {np.max(np.abs(value)):.3g}, beyond "
+                    f"{dtype.name}'s range, in which the network computes; re-train it.")
 
 
 def _describe(layout):

@@ -187,19 +187,23 @@ def check_storable(shapes, what):
 
 # -- Reading ----------------------------------------------------------------------------------
 
-def load(path):
+def load(path, where=None):
     """Reads a weights file: this project's format, or a legacy TF1-era `.l2l` pickle.
+
+    `where` names the file in messages about its content instead of `path` (a file unpacked
+    from a `.keras` archive into a temporary folder is better called after the archive).
 
     Raises:
       WeightsFileError: the file is missing, not a regular file, too large, damaged, not an
         optimizer file, or holds non-finite or non-float weights.
     """
     data = util.read_file(path, MAX_FILE_BYTES, what="optimizer file", error=WeightsFileError)
+    where = path if where is None else where
     if data[:4] == ZIP_MAGIC:
-        return _load_own(path, data)
+        return _load_own(where, data)
     if data[:1] == PICKLE_MAGIC:
         return _load_legacy(path, data)
-    raise WeightsFileError(f"{path} is not an optimizer file (neither this project's format "
+    raise WeightsFileError(f"{where} is not an optimizer file (neither this project's format "
                            f"nor a legacy .l2l pickle).")
 
 
@@ -228,6 +232,25 @@ def _depth(value, limit):
     return 0
 
 
+# Zip flag bits this project never writes, each of which zipfile meets with an exception of its
+# own when the member is opened (RuntimeError, NotImplementedError), not a BadZipFile.
+_UNREAD_FLAGS = {0x1: "is encrypted", 0x20: "holds patch data", 0x40: "is strongly encrypted"}
+
+
+def _check_member(path, info):
+    """Refuses a member that is encrypted or compressed otherwise than stored or deflated.
+
+    This project writes neither, and zipfile would meet them only once the member is opened,
+    with exceptions that read as bugs.
+    """
+    for bit, what in _UNREAD_FLAGS.items():
+        if info.flag_bits & bit:
+            raise _damaged(path, f"{info.filename[:80]} {what}")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _damaged(path, f"{info.filename[:80]} uses compression method "
+                             f"{info.compress_type}, not stored or deflated")
+
+
 def _read_header(path, archive):
     try:
         info = archive.getinfo(_HEADER_NAME)
@@ -235,13 +258,15 @@ def _read_header(path, archive):
         raise _damaged(path, f"no {_HEADER_NAME}") from None
     if info.file_size > MAX_HEADER_BYTES:
         raise _damaged(path, f"a header of {info.file_size} bytes")
+    _check_member(path, info)
     try:
         with archive.open(info) as member:
             text = member.read(MAX_HEADER_BYTES + 1)
         header = json.loads(text)
     except RecursionError:
         raise _damaged(path, "a header nested too deeply") from None
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError,
+            NotImplementedError) as e:
         raise _damaged(path, f"unreadable header: {e}") from None
     if not isinstance(header, dict):
         raise _damaged(path, f"its header is a {type(header).__name__}, not an object")
@@ -309,8 +334,7 @@ def _read_npy_header(path, member, info):
 
 def _read_array(path, archive, info):
     """One `.npy` member, its header and its shape checked against its size before it is read."""
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise _damaged(path, f"{info.filename} uses compression method {info.compress_type}")
+    _check_member(path, info)
     try:
         with archive.open(info) as member:
             shape, dtype = _read_npy_header(path, member, info)
@@ -324,7 +348,8 @@ def _read_array(path, archive, info):
             data = member.read(size + 1)  # Bounded, whatever the stream inflates to.
     except WeightsFileError:
         raise
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError, RuntimeError,
+            NotImplementedError) as e:
         raise _damaged(path, f"{info.filename}: {e}") from None
     if len(data) != size:
         raise _damaged(path, f"{info.filename} holds {len(data)} bytes, not {size}")

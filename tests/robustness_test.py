@@ -378,6 +378,25 @@ def _npy_header_bomb(good, declared=200 * 2**20):
     return buffer.getvalue()
 
 
+def _patch(data, member, flags=0, method=None):
+    """A zip with `member`'s flag bits or compression method changed in both its headers
+    (zipfile writes neither an encrypted member nor an unknown method itself)."""
+    data, name = bytearray(data), member.encode()
+    # Signature, offsets of the flags, method and name length, and the header's fixed length.
+    for signature, flag_at, method_at, length_at, fixed in ((b"PK\x03\x04", 6, 8, 26, 30),
+                                                            (b"PK\x01\x02", 8, 10, 28, 46)):
+        start = data.find(signature)
+        while start >= 0:
+            length = int.from_bytes(data[start + length_at:start + length_at + 2], "little")
+            if data[start + fixed:start + fixed + length] == name:
+                old = int.from_bytes(data[start + flag_at:start + flag_at + 2], "little")
+                data[start + flag_at:start + flag_at + 2] = (old | flags).to_bytes(2, "little")
+                if method is not None:
+                    data[start + method_at:start + method_at + 2] = method.to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    return bytes(data)
+
+
 READER, NETWORK = "reader", "network"  # Which check refuses a crafted file.
 
 
@@ -393,6 +412,8 @@ def _crafted():
     huge_npy = _npy(np.zeros(1, np.float32)).replace(b"(1,)", b"(1000000000000,)")
     # What numpy's tokenizer cannot read: an unterminated expression (and code, never run).
     bad_npy_header = b"\x93NUMPY\x01\x00\x10\x00{'descr': __import__('os').system('true')}"
+
+    whole = _zip({"__header__.json": _header(), **good})
 
     def options(**net_options):
         return _zip({"__header__.json": _header(net_options={"layers": [2], **net_options}),
@@ -448,6 +469,26 @@ def _crafted():
                                  "linear/b.npy": bad_npy_header}),
          r"linear/b.npy has an unreadable .npy header \(SyntaxError\)", READER),
         ("not_zip", b"PK\x03\x04garbage", "damaged optimizer file", READER),
+        # Members zipfile opens only with an exception of its own (RuntimeError,
+        # NotImplementedError): refused before they are opened.
+        ("header_encrypted", _patch(whole, "__header__.json", flags=0x1),
+         r"__header__.json is encrypted\)", READER),
+        ("member_encrypted", _patch(whole, "linear/b.npy", flags=0x1),
+         r"linear/b.npy is encrypted\)", READER),
+        ("header_strongly_encrypted", _patch(whole, "__header__.json", flags=0x40),
+         "__header__.json is strongly encrypted", READER),
+        ("header_patch_data", _patch(whole, "__header__.json", flags=0x20),
+         "__header__.json holds patch data", READER),
+        ("header_method_99", _patch(whole, "__header__.json", method=99),
+         "__header__.json uses compression method 99, not stored or deflated", READER),
+        ("member_method_99", _patch(whole, "linear/w.npy", method=99),
+         "linear/w.npy uses compression method 99", READER),
+        ("header_lzma", _zip({"__header__.json": _header(), **good}, zipfile.ZIP_LZMA),
+         "__header__.json uses compression method 14", READER),
+        # Finite in the file, infinite in the network's float32 step.
+        ("float64_beyond_float32", _zip({"__header__.json": _header(), **good,
+                                         "linear/b.npy": _npy(np.array([1e300]))}),
+         r"linear/b holds 1e\+300, beyond float32's range", NETWORK),
         ("pickle_code", b"\x80\x04cos\nsystem\n.", "not a safe legacy .l2l file", READER),
     ]
 

@@ -22,7 +22,7 @@ def _env():
 
 
 @pytest.mark.parametrize("first", ["meta", "networks", "problems", "legacy", "datasets",
-                                   "learned_optimizer", "configs", "util"])
+                                   "learned_optimizer", "configs", "util", "l2l"])
 def test_importing_the_project_prints_nothing_whichever_module_comes_first(first):
     others = [m for m in ("meta", "networks", "problems", "legacy", "datasets") if m != first]
     result = subprocess.run([sys.executable, "-c", f"import {first}, {', '.join(others)}"],
