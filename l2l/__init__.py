@@ -22,8 +22,8 @@ import sys
 
 # The modules of the package: the Keras optimizer and what it and meta-training need. setup.py
 # reads this tuple (without importing the package) and ships these files.
-MODULES = ("util", "legacy", "weights_file", "datasets", "configs", "networks", "problems",
-           "meta", "learned_optimizer")
+MODULES = ("util", "legacy", "weights_file", "datasets", "task_families", "configs", "networks",
+           "problems", "meta", "estimators", "learned_optimizer")
 
 try:
     import util  # noqa: E402  pylint: disable=wrong-import-position
@@ -38,11 +38,13 @@ util.import_tensorflow()  # Before Keras and Sonnet import TensorFlow, so that i
 
 import configs  # noqa: E402  pylint: disable=wrong-import-position
 import datasets  # noqa: E402  pylint: disable=wrong-import-position
+import estimators  # noqa: E402  pylint: disable=wrong-import-position
 import learned_optimizer  # noqa: E402  pylint: disable=wrong-import-position
 import legacy  # noqa: E402  pylint: disable=wrong-import-position
 import meta  # noqa: E402  pylint: disable=wrong-import-position
 import networks  # noqa: E402  pylint: disable=wrong-import-position
 import problems  # noqa: E402  pylint: disable=wrong-import-position
+import task_families  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 from learned_optimizer import LearnedOptimizer, shipped_optimizers, shipped_path  # noqa: E402
 
@@ -54,5 +56,5 @@ if learned_optimizer.__name__ == "learned_optimizer":
     del _name
 
 __all__ = ["LearnedOptimizer", "shipped_optimizers", "shipped_path", "MODULES", "configs",
-           "datasets", "learned_optimizer", "legacy", "meta", "networks", "problems", "util",
-           "weights_file"]
+           "datasets", "estimators", "learned_optimizer", "legacy", "meta", "networks",
+           "problems", "task_families", "util", "weights_file"]

@@ -161,3 +161,88 @@ class PersistentEvolutionStrategiesTest(tf.test.TestCase):
         z_truncated = ((truncated.mean(0) - reference)
                        / (truncated.std(0) / np.sqrt(len(truncated))))
         self.assertGreater(np.max(np.abs(z_truncated)), 8.0)
+
+
+# -- From the command line ----------------------------------------------------------------------
+
+import os  # noqa: E402  pylint: disable=wrong-import-position
+import signal  # noqa: E402  pylint: disable=wrong-import-position
+
+from absl.testing import parameterized  # noqa: E402  pylint: disable=wrong-import-position
+
+import fault_test  # noqa: E402  pylint: disable=wrong-import-position
+from conftest import shared_path  # noqa: E402  pylint: disable=wrong-import-position
+
+_TINY = ["--problem=quadratic", "--num_steps=4", "--unroll_length=2", "--log_period=1",
+         "--evaluation_period=4", "--evaluation_epochs=1", "--checkpoint_period=1",
+         "--mode=graph", "--perturbations=2"]
+
+
+class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters("es", "pes")
+    def test_sigkill_then_resume_ends_as_an_uninterrupted_run(self, estimator):
+        run = _TINY + [f"--estimator={estimator}", "--num_epochs=10"]
+        reference = os.path.join(self.get_temp_dir(), f"{estimator}_reference")
+        result = fault_test._run("train.py", *run, f"--save_path={reference}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        killed = os.path.join(self.get_temp_dir(), f"{estimator}_killed")
+        process = fault_test._start(*run, f"--save_path={killed}")
+        fault_test._wait_for(process, "Epoch 5")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        resumed = fault_test._run("train.py", *run, f"--save_path={killed}")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertIn("Resuming from epoch", resumed.stdout)
+        # The perturbations derive from the epoch's seeds: the replayed epochs are the same.
+        expected, got = fault_test._checkpoint(reference), fault_test._checkpoint(killed)
+        self.assertEqual(sorted(got), sorted(expected))
+        for name in expected:
+            self.assertAllClose(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
+        # It trained: one meta-update per epoch (ES) or per truncation (PES), all applied.
+        updates = {"es": 10, "pes": 20}[estimator]
+        self.assertEqual(int(expected["meta_adam/step/.ATTRIBUTES/VARIABLE_VALUE"]), updates)
+
+    @parameterized.parameters(
+        (["--estimator=tbptt", "--perturbations=4"], "--perturbations applies to "
+         "--estimator=es and pes"),
+        (["--estimator=es", "--second_derivatives"], "--second_derivatives applies to "
+         "--estimator=tbptt"),
+        (["--estimator=pes", "--rematerialize=chunks"], "--rematerialize applies to "
+         "--estimator=tbptt"),
+        (["--estimator=pes", "--strategy=mirrored"], "--strategy=mirrored runs "
+         "--estimator=tbptt on a single problem"),
+        (["--estimator=pes", "--es_std=0"], "--es_std must be positive"))
+    def test_flags_that_do_not_apply_are_one_line(self, flags, message):
+        result = fault_test._run("train.py", "--problem=quadratic", "--num_epochs=1", *flags)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertIn(message, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_a_family_trains_and_its_optimizer_runs_on_a_held_out_model(self):
+        data_dir = str(shared_path("data"))
+        save = os.path.join(self.get_temp_dir(), "family")
+        result = fault_test._run(
+            "train.py", "--problem=family:mlp", f"--data_dir={data_dir}", "--num_epochs=2",
+            "--num_steps=4", "--unroll_length=2", "--meta_batch_size=2", "--log_period=1",
+            "--evaluation_period=2", "--evaluation_epochs=2", "--mode=graph",
+            f"--save_path={save}")
+        if "Dataset 'fashion_mnist' not found" in result.stderr:
+            self.skipTest("Fashion-MNIST is absent (Debian package dataset-fashion-mnist)")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        saved = os.path.join(save, "cw.l2l")
+        self.assertEqual(weights_file_net(saved), "NormalizedMLP")
+        history = os.path.join(self.get_temp_dir(), "heldout.csv")
+        evaluated = fault_test._run(
+            "evaluate.py", "--problem=heldout-mnist-relu", f"--data_dir={data_dir}",
+            f"--path={save}", "--num_epochs=2", "--num_steps=10", f"--history_path={history}",
+            "--mode=graph")
+        self.assertEqual(evaluated.returncode, 0, evaluated.stderr)
+        losses = np.loadtxt(history, delimiter=",", comments="#", ndmin=2)
+        self.assertTrue(np.all(np.isfinite(losses)))
+        self.assertLess(losses[:, -1].mean(), 2.2)  # Below chance (ln 10 = 2.30) in 10 steps.
+
+
+def weights_file_net(path):
+    import weights_file  # pylint: disable=import-outside-toplevel
+    return weights_file.load(path).net
