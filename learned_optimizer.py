@@ -475,3 +475,53 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         config = self.get_config()["network"]
         self._set_network(_load_network(path, _WHERE_ASSET,
                                         (config["net"], config["net_options"])))
+
+
+@keras.saving.register_keras_serializable(package="l2l")
+class DivergenceWarning(keras.callbacks.Callback):
+    """Says once, during `fit`, when the training loss rises steeply: a learned optimizer meta-
+    trained on other models may take steps too large for this one (the paper's MNIST optimizer
+    on a ReLU MLP or a CNN at learning_rate 1.0: the loss climbs into the hundreds).
+
+        model.fit(x, y, callbacks=[DivergenceWarning()])
+
+    Rising steeply: a batch's loss above `factor` times the smallest seen so far (after the
+    first batch), or not finite. The remedy it names: a lower `learning_rate` of
+    `LearnedOptimizer` (it multiplies every step), or the general optimizer
+    (`LearnedOptimizer("general")`), whose steps start as Adam's and stay bounded.
+
+    Args:
+      factor: how many times the lowest loss a loss may reach before the warning.
+      stop: also stop training (`model.stop_training`) when it warns.
+      log: where the message goes (default: print).
+    """
+
+    def __init__(self, factor=10.0, stop=False, log=None):
+        super().__init__()
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
+            raise ValueError(f"factor must be a number above 1, got {factor!r}.")
+        self.factor, self.stop, self._log = float(factor), bool(stop), log or print
+        self.warned, self._lowest, self._batches = False, math.inf, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or self.warned:
+            return
+        loss = float(loss)
+        self._batches += 1
+        if self._batches > 1 and (not math.isfinite(loss) or loss > self.factor * self._lowest):
+            self.warned = True
+            rate = getattr(self.model.optimizer, "learning_rate", None)
+            rate = f" (now {float(keras.ops.convert_to_numpy(rate)):.3g})" if rate is not None \
+                else ""
+            self._log(f"DivergenceWarning: the training loss rose to {loss:.4g} after "
+                      f"{self._lowest:.4g} by batch {self._batches}: the optimizer's steps are "
+                      f"too large for this model. Lower LearnedOptimizer's learning_rate{rate} "
+                      f"(e.g. 10 times), or use LearnedOptimizer(\"general\").")
+            if self.stop:
+                self.model.stop_training = True
+        if math.isfinite(loss):
+            self._lowest = min(self._lowest, loss)
+
+    def get_config(self):
+        return {"factor": self.factor, "stop": self.stop}

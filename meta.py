@@ -919,8 +919,8 @@ class Unroll:
         for each step of the unroll: what a long unroll or a large meta-batch runs out of memory
         on. 0 for an unroll without meta-updates.
 
-        Lower bounds, from the networks' state and the optimizees' sizes; measured on MNIST (bench/README.md, `--sweep_unroll`), per coordinate and step: "off"
-        keeps 1295 bytes (about 4 times the LSTM's 320 bytes of state: the gates too), "steps"
+        Lower bounds, from the networks' state and the optimizees' sizes; measured on MNIST
+        (bench/README.md, `--sweep_unroll`), per coordinate and step: "off" keeps 1295 bytes (about 4 times the LSTM's 320 bytes of state: the gates too), "steps"
         327 (each step's inputs: the state and the gradient), "chunks" 12 (the gradient).
         """
         if self.optimizer is None:
@@ -1286,3 +1286,91 @@ def lambda_stats(results):
     return {key: (float(np.mean([s[0] for s in values])), float(min(s[1] for s in values)),
                   float(max(s[2] for s in values)))
             for key, values in per_net.items()}
+
+
+class Plateau:
+    """Says, once, when meta-training learns nothing: over its first `epochs` finite epochs, the
+    meta-loss of the second half is not below the first half's, neither by `tolerance` of it
+    nor by two standard errors of the difference (a run stuck at the untrained loss, e.g. an
+    output scale that saturates the optimizee, sits there for good)."""
+
+    def __init__(self, epochs=50, tolerance=0.01):
+        self.epochs = check_count(epochs, "plateau epochs", 0)
+        self.tolerance = tolerance
+        self._losses, self._said = [], False
+
+    def update(self, meta_loss):
+        """Records one finite epoch's meta-loss; returns the message when a plateau shows."""
+        if self._said or not self.epochs or len(self._losses) >= self.epochs:
+            return None
+        self._losses.append(float(meta_loss))
+        if len(self._losses) < self.epochs:
+            return None
+        half = self.epochs // 2
+        first, second = np.array(self._losses[:half]), np.array(self._losses[half:])
+        gain = first.mean() - second.mean()
+        error = np.sqrt(first.var() / len(first) + second.var() / len(second))
+        if gain > self.tolerance * abs(first.mean()) or gain > 2 * error:
+            return None
+        self._said = True
+        return (f"The meta-loss has not moved in {self.epochs} epochs (mean {first.mean():.4g}, "
+                f"then {second.mean():.4g}): the meta-training is learning nothing. Likely fixes: "
+                f"a smaller output scale of the network (net_options \"scale\", e.g. 0.01, for "
+                f"the LSTM), another meta-learning rate, or the NormalizedMLP network (its steps "
+                f"start as Adam's and stay bounded).")
+
+
+def fit(unroll, num_unrolls, epochs, seed=0, evaluation=None, evaluation_epochs=20,
+        evaluation_period=10, save=None, plateau_epochs=50, log_period=10, log=print):
+    """Meta-trains for `epochs` epochs, as train.py does, for a script of one's own.
+
+    Every epoch runs `num_unrolls` unrolls of `unroll` (`meta_minimize`'s, or an
+    `estimators.MetaTrainer`) on the training seeds of `seed`; every `log_period` epochs it logs
+    the mean meta-loss and final loss; every `evaluation_period` epochs it runs
+    `evaluation_epochs` held-out epochs of `evaluation` (`meta_loss` of a validation problem:
+    the same epochs every time) and, when their mean final loss is the best so far, calls
+    `save(epoch, loss)` (e.g. `lambda *_: optimizer.save("my_optimizer")`). It warns once when
+    the meta-loss does not move (`Plateau`) and skips non-finite epochs, as train.py does.
+
+    Returns:
+      `(best evaluation's mean final loss, its epoch)`, or `(inf, 0)` without evaluations.
+    """
+    plateau = Plateau(plateau_epochs)
+    best, best_epoch, period = float("inf"), 0, []
+    batch = getattr(evaluation, "meta_batch_size", 1)
+    steps = num_unrolls * unroll.unroll_length
+    if evaluation is not None and steps % evaluation.unroll_length:
+        raise ValueError(f"The evaluation's unroll_length ({evaluation.unroll_length}) must "
+                         f"divide an epoch's {steps} steps.")
+    for e in range(epochs):
+        result = run_epoch(unroll, num_unrolls, instance_seeds(seed, TRAIN, e,
+                                                               unroll.meta_batch_size))
+        if result.finite:
+            period.append(result)
+            message = plateau.update(result.meta_loss)
+            if message:
+                log(message)
+        if (e + 1) % log_period == 0:
+            if period:
+                log(f"Epoch {e + 1}: meta-loss {np.mean([r.meta_loss for r in period]):.4g}, "
+                    f"final loss {np.mean([r.final_loss for r in period]):.4g} "
+                    f"({len(period)} finite epochs)")
+            else:
+                log(f"Epoch {e + 1}: no finite epoch in this period.")
+            period = []
+        if evaluation is not None and (e + 1) % evaluation_period == 0:
+            losses = []
+            while len(losses) < evaluation_epochs:
+                seeds = np.stack([epoch_seed(seed, VALIDATION, len(losses) + i)
+                                  for i in range(batch)])
+                losses += [r.final_loss for r in run_epochs(
+                    evaluation, steps // evaluation.unroll_length, seeds)]
+            mean = float(np.mean(losses[:evaluation_epochs]))
+            improved = np.isfinite(mean) and mean < best
+            log(f"Evaluation at epoch {e + 1}: mean final loss {mean:.4g}"
+                f"{' (best so far)' if improved else f' (best {best:.4g} at epoch {best_epoch})'}")
+            if improved:
+                best, best_epoch = mean, e + 1
+                if save is not None:
+                    save(e + 1, mean)
+    return best, best_epoch

@@ -80,6 +80,9 @@ flags.DEFINE_float("es_std", 0.01, "ES and PES: standard deviation of the pertur
 flags.DEFINE_enum("net", None, configs.LEARNED_NETS, "The learned network to meta-train; "
                   "default: the problem's (the paper's CoordinateWiseDeepLSTM; NormalizedMLP for "
                   "task families). --net_options are that network's.")
+flags.DEFINE_integer("plateau_epochs", 50, "Say (once) when the meta-loss of a new run has "
+                     "not moved in its first that many epochs: the meta-training is learning "
+                     "nothing (0: never).", lower_bound=0)
 flags.DEFINE_integer("checkpoint_period", 100, "Epochs between checkpoints in save_path.",
                      lower_bound=1)
 flags.DEFINE_boolean("restart", False, "Start over in a save_path that holds a run, instead of "

@@ -483,6 +483,9 @@ def _train(flags, built, num_unrolls, folder):
     stop = _StopRequest()
     progress = cli.Progress(flags.num_epochs, int(state["epoch"]))
     period_epochs, consecutive_nonfinite = [], 0
+    # A fresh run only: one resumed or fine-tuned (--initial_path) starts where learning is slow.
+    fresh = int(state["epoch"]) == 0 and not flags.initial_path
+    plateau = meta.Plateau(flags.plateau_epochs if fresh else 0)
     try:
         for e in range(int(state["epoch"]), flags.num_epochs):
             epoch = meta.run_epoch(minimize, num_unrolls,
@@ -493,6 +496,10 @@ def _train(flags, built, num_unrolls, folder):
                 consecutive_nonfinite = 0
                 period_epochs.append(epoch)
                 progress.update(e + 1, epoch.meta_loss)
+                message = plateau.update(epoch.meta_loss)
+                if message:
+                    progress.clear()
+                    print(f"Epoch {e + 1}: {message} (--plateau_epochs)")
                 _summaries(writer, e + 1, {"train/final_loss": epoch.final_loss,
                                            "train/meta_loss": epoch.meta_loss,
                                            "train/epoch_time": epoch.time})

@@ -46,7 +46,8 @@ import networks  # noqa: E402  pylint: disable=wrong-import-position
 import problems  # noqa: E402  pylint: disable=wrong-import-position
 import task_families  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
-from learned_optimizer import LearnedOptimizer, shipped_optimizers, shipped_path  # noqa: E402
+from learned_optimizer import DivergenceWarning, LearnedOptimizer  # noqa: E402
+from learned_optimizer import shipped_optimizers, shipped_path  # noqa: E402
 
 if learned_optimizer.__name__ == "learned_optimizer":
     # A clone: the imports above are the top-level modules. `import l2l.meta` and
@@ -55,6 +56,7 @@ if learned_optimizer.__name__ == "learned_optimizer":
         sys.modules[f"{__name__}.{_name}"] = sys.modules[_name]
     del _name
 
-__all__ = ["LearnedOptimizer", "shipped_optimizers", "shipped_path", "MODULES", "configs",
+__all__ = ["DivergenceWarning", "LearnedOptimizer", "shipped_optimizers", "shipped_path",
+           "MODULES", "configs",
            "datasets", "estimators", "learned_optimizer", "legacy", "meta", "networks",
            "problems", "task_families", "util", "weights_file"]
