@@ -93,15 +93,14 @@ class Kernel:
         meta_loss, losses, _, carry = self._unroll(values, carry, "off")
         return meta_loss, losses, carry
 
-    def _antithetic(self, values, seed, std, plus, minus, xi):
+    def _antithetic(self, values, seed, std, plus, minus):
         """One truncation of a pair: `plus` with the weights `values + std eps`, `minus` with
         `values - std eps`, `eps` drawn from `seed`; returns `(meta-loss +, meta-loss -,
-        instance losses +, instance losses -, plus, minus, xi + eps, eps)`."""
+        instance losses +, instance losses -, plus, minus, eps)`."""
         eps = perturbation(values, seed)
         loss_plus, losses_plus, plus = self._forward(_shifted(values, eps, std), plus)
         loss_minus, losses_minus, minus = self._forward(_shifted(values, eps, -std), minus)
-        return (loss_plus, loss_minus, losses_plus, losses_minus, plus, minus,
-                [x + e for x, e in zip(xi, eps)], eps)
+        return loss_plus, loss_minus, losses_plus, losses_minus, plus, minus, eps
 
     def _gradient(self, values, carry):
         """`(meta_loss, instance_losses, gradients of the meta-loss for values, carry)`."""
@@ -125,10 +124,12 @@ class Context(NamedTuple):
 
 
 def perturbation(values, seed):
-    """`eps ~ N(0, I)` shaped like `values`, a function of `seed` (two int32) only."""
-    return [tf.random.stateless_normal(
-        tf.shape(v), problems_lib.derive_seed(seed, i), dtype=v.dtype)
-        for i, v in enumerate(values)]
+    """`eps ~ N(0, I)` shaped like `values`, a function of `seed` (two int32) only: the same
+    numbers (to the last bit of a log and a cosine) compiled with XLA or not, so that a replica
+    unrolling a pair and the host weighing its result draw the same perturbation."""
+    return [problems_lib.random_normal(v.shape, problems_lib.derive_seed(seed, i),
+                                       dtype=v.dtype)
+            for i, v in enumerate(values)]
 
 
 def _pair_seed(context, pair):
@@ -155,20 +156,20 @@ def es(kernel, values, carries, context):
     `carries` holds, per pair, the `+` and `-` optimizee states and the meta-losses summed so
     far; every truncation of the epoch uses the pair's one perturbation.
     """
-    new, losses, sums_all = [], [], []
+    new, losses, meta_losses = [], [], []
     total = [tf.zeros_like(v) for v in values]
     std = tf.constant(context.std, values[0].dtype)
     for pair, (plus, minus, sums) in enumerate(carries):
         seed = _pair_seed(context._replace(truncation=0), pair)
-        loss_plus, loss_minus, losses_plus, losses_minus, plus, minus, _, eps = (
-            kernel.antithetic(values, seed, std, plus, minus, values))
+        loss_plus, loss_minus, losses_plus, losses_minus, plus, minus, eps = (
+            kernel.antithetic(values, seed, std, plus, minus))
         sums = (sums[0] + loss_plus, sums[1] + loss_minus)
         new.append((plus, minus, sums))
         losses += [losses_plus, losses_minus]
-        sums_all += list(sums)
+        meta_losses += [loss_plus, loss_minus]
         if context.last:
             total = _shifted(total, eps, (sums[0] - sums[1]) / (2.0 * context.std))
-    report = tf.reduce_mean(sums_all), tf.reduce_mean(tf.stack(losses), axis=0)
+    report = tf.reduce_mean(meta_losses), tf.reduce_mean(tf.stack(losses), axis=0)
     if not context.last:
         return None, new, report
     return [t / len(carries) for t in total], new, report
@@ -180,8 +181,9 @@ def pes(kernel, values, carries, context):
     total = [tf.zeros_like(v) for v in values]
     std = tf.constant(context.std, values[0].dtype)
     for pair, (plus, minus, xi) in enumerate(carries):
-        loss_plus, loss_minus, losses_plus, losses_minus, plus, minus, xi, _ = (
-            kernel.antithetic(values, _pair_seed(context, pair), std, plus, minus, xi))
+        loss_plus, loss_minus, losses_plus, losses_minus, plus, minus, eps = (
+            kernel.antithetic(values, _pair_seed(context, pair), std, plus, minus))
+        xi = [x + e for x, e in zip(xi, eps)]
         total = _shifted(total, xi, (loss_plus - loss_minus) / (2.0 * context.std))
         new.append((plus, minus, xi))
         losses += [losses_plus, losses_minus]
@@ -198,6 +200,93 @@ def truncated_es(kernel, values, carries, context):
 
 
 FUNCTIONS = {"tbptt": truncated_backprop, "es": es, "pes": pes}
+
+
+class Replicated:
+    """A kernel's antithetic pairs shared out over a `tf.distribute` strategy's replicas.
+
+    Each replica unrolls its own pairs (`share` of them, pair `replica * share + j`) with its own
+    copy of the weights and the perturbations it draws from the pairs' seeds; the pairs'
+    `+`/`-` optimizee states stay on their replica. Only each pair's two meta-losses cross
+    between replicas (8 bytes a pair, `bytes_per_call`), and the losses' mean for the logs: the
+    host weighs the loss differences by the perturbations (or, for PES, their sums), which it
+    draws again from the same seeds. Perturbation tensors never travel.
+    """
+
+    def __init__(self, kernel, strategy, variables, perturbations):
+        replicas = strategy.num_replicas_in_sync
+        if perturbations % replicas:
+            raise ValueError(f"perturbations ({perturbations}) must be a multiple of the "
+                             f"{replicas} replicas, which share them out.")
+        self.kernel, self.strategy, self.share = kernel, strategy, perturbations // replicas
+        self._variables = variables
+        self.initial = tf.function(self._initial, autograph=False)
+        self.step = tf.function(self._step, autograph=False)
+
+    def bytes_per_call(self):
+        """Bytes gathered from the replicas per truncation: two meta-losses a pair, and each
+        replica's mean losses (for the logs)."""
+        losses = len(self.kernel.problems) * (self.kernel.unroll_length + 1)
+        return 4 * (2 * self.share + losses) * self.strategy.num_replicas_in_sync
+
+    def _initial(self, seeds):
+        def replica(seeds):
+            carry = self.kernel._initial(seeds)  # pylint: disable=protected-access
+            return [(carry, carry) for _ in range(self.share)]
+        return self.strategy.run(replica, args=(seeds,))
+
+    def _step(self, base_seed, truncation, std, carries):
+        """`(meta-losses + [pairs], meta-losses - [pairs], mean instance losses, carries)`."""
+        def replica(carries):
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group * self.share
+            values = [tf.convert_to_tensor(v) for v in self._variables]  # This replica's copy.
+            plus_losses, minus_losses, losses, new = [], [], [], []
+            for j, (plus, minus) in enumerate(carries):
+                seed = problems_lib.derive_seed(base_seed, _PERTURBATION, truncation, first + j)
+                loss_plus, loss_minus, losses_plus, losses_minus, plus, minus, _ = (
+                    self.kernel._antithetic(values, seed, std, plus, minus))  # pylint: disable=protected-access
+                plus_losses.append(loss_plus)
+                minus_losses.append(loss_minus)
+                losses += [losses_plus, losses_minus]
+                new.append((plus, minus))
+            return (tf.stack(plus_losses), tf.stack(minus_losses),
+                    tf.reduce_mean(tf.stack(losses), axis=0), new)
+
+        plus, minus, losses, carries = self.strategy.run(replica, args=(carries,))
+        return (self.strategy.gather(plus, axis=0), self.strategy.gather(minus, axis=0),
+                self.strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None), carries)
+
+
+def replicated_estimate(name, replicated, values, state, context):
+    """ES's or PES's estimate from a `Replicated` kernel: `(estimate, state, report)`.
+
+    `state` is `(carries on the replicas, host state)`: for PES the sum `xi` of each pair's
+    perturbations this epoch, for ES each pair's summed meta-losses. The numbers of `es` and
+    `pes` on one device, the perturbations drawn from the same seeds.
+    """
+    carries, host = state
+    truncation = 0 if name == "es" else context.truncation
+    plus, minus, losses, carries = replicated.step(
+        tf.constant(context.seeds[0], tf.int32), tf.constant(truncation, tf.int32),
+        tf.constant(context.std, values[0].dtype), carries)
+    pairs = range(context.perturbations)
+    seeds = [_pair_seed(context._replace(truncation=truncation), pair) for pair in pairs]
+    if name == "pes":
+        host = [[x + e for x, e in zip(xi, perturbation(values, seed))]
+                for xi, seed in zip(host, seeds)]
+        weights = [(plus[p] - minus[p]) / (2.0 * context.std) for p in pairs]
+        directions = host
+    else:
+        host = [(sums[0] + plus[p], sums[1] + minus[p]) for p, sums in zip(pairs, host)]
+        if not context.last:
+            return None, (carries, host), (tf.reduce_mean([plus, minus]), losses)
+        weights = [(sums[0] - sums[1]) / (2.0 * context.std) for sums in host]
+        directions = [perturbation(values, seed) for seed in seeds]
+    total = [tf.zeros_like(v) for v in values]
+    for weight, direction in zip(weights, directions):
+        total = _shifted(total, direction, weight)
+    report = tf.reduce_mean([plus, minus]), losses
+    return [t / context.perturbations for t in total], (carries, host), report
 
 
 def initial_carries(name, kernel, seeds, values, perturbations):
@@ -240,11 +329,15 @@ class MetaTrainer:
       net_assignments, mode, and `options` (`meta_objective`, `state_reset_period`,
         `rematerialize`): as `meta.Unroll`'s.
       pool: every problem an instance may be (for `kept_bytes_per_step`).
+      strategy: a `tf.distribute` strategy under whose scope the networks were built: ES and
+        PES share each meta-update's pairs out over its replicas (`Replicated`). One problem
+        for every instance; runs in the graph (no XLA), as `meta.Unroll` under a strategy.
     """
 
     def __init__(self, meta_optimizer, problems_of: Callable, unroll_length, num_steps,
                  estimator="tbptt", learning_rate=None, meta_batch_size=1, perturbations=1,
-                 std=0.01, net_assignments=None, mode=None, pool=(), **options):
+                 std=0.01, net_assignments=None, mode=None, pool=(), strategy=None,
+                 **options):
         training = learning_rate is not None
         self.unroll_length, self.mode = meta.check_unroll(unroll_length, mode, training)
         self.num_steps = meta.check_count(num_steps, "num_steps")
@@ -264,7 +357,19 @@ class MetaTrainer:
         self._pool = list(pool)
         self._rematerialize = options.pop("rematerialize", None)
         self._options = options
-        self._kernels = {}
+        self._kernels, self._replicated = {}, {}
+        self.strategy = strategy
+        if strategy is not None:
+            if self.estimator not in ("es", "pes"):
+                raise ValueError("Under a strategy, MetaTrainer shares ES's and PES's "
+                                 "perturbations out; for truncated backpropagation use "
+                                 "meta_minimize's Unroll.")
+            if self.mode == "xla":
+                self.mode = "graph"  # Collectives do not compile with XLA.
+            if self.perturbations % strategy.num_replicas_in_sync:
+                raise ValueError(f"perturbations ({self.perturbations}) must be a multiple of "
+                                 f"the {strategy.num_replicas_in_sync} replicas, which share "
+                                 f"them out.")
         self._variables = meta._unique(  # pylint: disable=protected-access
             [v for net in meta_optimizer.nets.values() for v in net.trainable_variables])
         self.optimizer = None
@@ -333,13 +438,32 @@ class MetaTrainer:
                          for g in groups]
         values = [tf.convert_to_tensor(v) for v in self._variables]
         name = self.estimator or "tbptt"
-        self._carries = [initial_carries(name, batch.kernel, batch.seeds, values,
-                                         self.perturbations) for batch in self._batches]
+        if self.strategy is not None:
+            if len(self._batches) > 1:
+                raise ValueError("Under a strategy every instance must be the same problem "
+                                 "(task families run on one device).")
+            self._carries = [(self._replicas(batch.kernel).initial(tf.constant(batch.seeds)),
+                              [[tf.zeros_like(v) for v in values] if name == "pes" else
+                               (0.0, 0.0) for _ in range(self.perturbations)])
+                             for batch in self._batches]
+        else:
+            self._carries = [initial_carries(name, batch.kernel, batch.seeds, values,
+                                             self.perturbations) for batch in self._batches]
         self._truncation = 0
+
+    def _replicas(self, kernel):
+        if kernel not in self._replicated:
+            self._replicated[kernel] = Replicated(kernel, self.strategy, self._variables,
+                                                  self.perturbations)
+        return self._replicated[kernel]
 
     def __call__(self):
         if self._batches is None:
             raise RuntimeError("Call reset(seed) before running an unroll.")
+        with self.strategy.scope() if self.strategy else meta._no_scope():  # pylint: disable=protected-access
+            return self._call()
+
+    def _call(self):
         values = [tf.convert_to_tensor(v) for v in self._variables]
         last = self._truncation == self.segments - 1
         estimates, meta_losses, instance_losses = [], [], [None] * self.meta_batch_size
@@ -350,8 +474,13 @@ class MetaTrainer:
             else:
                 context = Context(self.perturbations, self.std, batch.seeds, self._truncation,
                                   last)
-                estimate, carry, (meta_loss, losses) = FUNCTIONS[self.estimator](
-                    batch.kernel, values, self._carries[i], context)
+                if self.strategy is not None:
+                    estimate, carry, (meta_loss, losses) = replicated_estimate(
+                        self.estimator, self._replicas(batch.kernel), values, self._carries[i],
+                        context)
+                else:
+                    estimate, carry, (meta_loss, losses) = FUNCTIONS[self.estimator](
+                        batch.kernel, values, self._carries[i], context)
             self._carries[i] = carry
             weight = len(batch.positions) / self.meta_batch_size
             meta_losses.append(weight * meta_loss)

@@ -205,7 +205,8 @@ def _build(flags, config, objective, strategy):
         net_config = configs.with_saved_paths(net_config, flags.initial_path, flags.which_aml,
                                               flags.fixed_lambda, flag="--initial_path")
     replicas = strategy.num_replicas_in_sync if strategy else 1
-    if flags.meta_batch_size % replicas:
+    # ES and PES share out their perturbations, truncated backpropagation its instances.
+    if flags.estimator == "tbptt" and flags.meta_batch_size % replicas:
         raise util.FlagError(f"--meta_batch_size={flags.meta_batch_size} must be a multiple of "
                              f"the {replicas} replicas of --strategy={flags.strategy}.")
     eval_config = configs.get_config(flags.problem, "validation", flags.data_dir)
@@ -224,10 +225,13 @@ def _build(flags, config, objective, strategy):
         eval_batch = evaluation_batch(flags.evaluation_epochs, replicas)
         eval_length = meta.eval_unroll_length(evaluation_steps(flags))
         if family or flags.estimator != "tbptt":
-            if strategy is not None:
-                raise util.FlagError(f"--strategy={flags.strategy} runs --estimator=tbptt on a "
-                                     f"single problem; for a task family or ES/PES use "
-                                     f"--strategy=none.")
+            if strategy is not None and family:
+                raise util.FlagError(f"--strategy={flags.strategy} shares out the instances of "
+                                     f"one problem; a task family runs with --strategy=none.")
+            if strategy is not None and flags.perturbations % replicas:
+                raise util.FlagError(f"--perturbations={flags.perturbations} must be a multiple "
+                                     f"of the {replicas} replicas of --strategy={flags.strategy}, "
+                                     f"which share them out.")
             problems_of = (estimators.family_problems(config.problem) if family else
                            estimators.single_problem(config.problem))
             pool = ([config.problem.problem(i) for i in range(len(config.problem.family.pool))]
@@ -239,7 +243,7 @@ def _build(flags, config, objective, strategy):
                 net_assignments=config.net_assignments, mode=flags.mode,
                 meta_objective=objective, second_derivatives=flags.second_derivatives,
                 state_reset_period=flags.state_reset_period, rematerialize=flags.rematerialize,
-                pool=pool)
+                pool=pool, strategy=strategy)
         else:
             minimize = optimizer.meta_minimize(
                 config.problem, flags.unroll_length, learning_rate=flags.learning_rate,

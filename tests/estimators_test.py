@@ -75,7 +75,7 @@ class TruncatedBackpropTest(tf.test.TestCase):
         for epoch in range(3):
             meta.run_epoch(trainer, 2, meta.instance_seeds(0, meta.TRAIN, epoch, 1))
         kernel, = trainer._kernels.values()  # pylint: disable=protected-access
-        self.assertEqual(kernel.forward.experimental_get_tracing_count(), 1)
+        self.assertEqual(kernel.antithetic.experimental_get_tracing_count(), 1)
         self.assertEqual(kernel.initial.experimental_get_tracing_count(), 1)
 
 
@@ -210,11 +210,12 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
          "--estimator=tbptt"),
         (["--estimator=pes", "--rematerialize=chunks"], "--rematerialize applies to "
          "--estimator=tbptt"),
-        (["--estimator=pes", "--strategy=mirrored"], "--strategy=mirrored runs "
-         "--estimator=tbptt on a single problem"),
+        (["--problem=family:mlp", "--strategy=mirrored"], "--strategy=mirrored shares out the "
+         "instances of one problem; a task family runs with --strategy=none"),
         (["--estimator=pes", "--es_std=0"], "--es_std must be positive"))
     def test_flags_that_do_not_apply_are_one_line(self, flags, message):
-        result = fault_test._run("train.py", "--problem=quadratic", "--num_epochs=1", *flags)
+        problem = [] if any(f.startswith("--problem") for f in flags) else ["--problem=quadratic"]
+        result = fault_test._run("train.py", *problem, "--num_epochs=1", *flags)
         self.assertEqual(result.returncode, 1, result.stdout)
         self.assertIn(message, result.stderr)
         self.assertNotIn("Traceback", result.stderr)
@@ -246,3 +247,44 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
 def weights_file_net(path):
     import weights_file  # pylint: disable=import-outside-toplevel
     return weights_file.load(path).net
+
+
+_TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.argv = ["train.py"] + sys.argv[1:]
+sys.path.insert(0, {root!r})
+import runpy
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+class ReplicasTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters("es", "pes")
+    def test_two_replicas_train_as_one_device(self, estimator):
+        from conftest import REPO_ROOT  # pylint: disable=import-outside-toplevel
+        tmp = self.get_temp_dir()
+        script = os.path.join(tmp, "two_cpus.py")
+        with open(script, "w") as f:
+            f.write(_TWO_CPUS.format(root=str(REPO_ROOT), train=str(REPO_ROOT / "train.py")))
+        run = _TINY + [f"--estimator={estimator}", "--num_epochs=4", "--meta_batch_size=2"]
+        paths = {}
+        for name, command in (("one", []), ("two", ["--strategy=mirrored"])):
+            paths[name] = os.path.join(tmp, f"{estimator}_{name}")
+            runner = fault_test._run if name == "one" else (
+                lambda *a: fault_test.subprocess.run(
+                    [fault_test.sys.executable, script, *a[1:]], cwd=tmp, env=fault_test._env(),
+                    capture_output=True, text=True, timeout=300))
+            result = runner("train.py", *run, *command, f"--save_path={paths[name]}")
+            self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        one = fault_test._checkpoint(paths["one"])
+        two = fault_test._checkpoint(paths["two"])
+        weights = [n for n in one if "optimizer/_nets" in n]
+        self.assertNotEmpty(weights)
+        for name in weights:
+            self.assertAllClose(two[name], one[name], rtol=1e-5, atol=1e-7, msg=name)
+        self.assertEqual(int(two["meta_adam/step/.ATTRIBUTES/VARIABLE_VALUE"]),
+                         {"es": 4, "pes": 8}[estimator])
