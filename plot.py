@@ -216,6 +216,14 @@ def table(histories, labels):
                                                               nan=np.inf))
         lines += _paired_section(histories, labels, best, range(len(histories)),
                                  "the best hand-designed optimizer")
+        # Keras' default optimizer (Adam at 0.001), when it is there and not already the best:
+        # what a user who tunes nothing would otherwise run.
+        default = [i for i in baselines if i != best and kinds[i] == "Adam"
+                   and _number(fields_of(histories[i][0]).get("learning_rate", "")) == "0.001"]
+        if default:
+            lines += _paired_section(histories, labels, default[0],
+                                     [i for i in range(len(histories)) if i not in baselines],
+                                     "Keras' default optimizer")
     # Whether the fork's lambda term helps: each lambda optimizer against the first L2L.
     lambdas = [i for i, kind in enumerate(kinds) if kind in ("fixed", "learned")]
     if "L2L" in kinds and lambdas:

@@ -225,3 +225,25 @@ def test_diverged_histories_and_single_epochs_without_warnings(tmp_path):
     lines = plot.table([one_epoch, ("optimizer=L2L path=x", np.full([1, 20], 0.25))],
                        ["Adam", "L2L"])
     assert lines[-1] == "| L2L | n/a | -0.2500 | n/a |"
+
+
+def test_table_pairs_the_learned_optimizers_with_kerass_default_too(tmp_path):
+    rng = np.random.default_rng(3)
+    luck = rng.uniform(0.0, 1.0, [30, 100])
+    histories = {"adam.csv": ("optimizer=Adam learning_rate=0.01 seed=0", luck + 0.20),
+                 "default.csv": ("optimizer=Adam learning_rate=0.001 seed=0", luck + 0.30),
+                 "general.csv": ("optimizer=L2L path=g seed=0",
+                                 luck + 0.18 + rng.normal(0, 0.01, [30, 100]))}
+    _, sections = _paired_tables(tmp_path, histories)
+    assert [title.split(",")[0] for title, _ in sections] == ["Adam lr 0.01", "Adam lr 0.001"]
+    title, rows = sections[1]
+    assert "Keras' default optimizer" in title
+    assert set(rows) == {"L2L (LSTM)"}  # Only the learned optimizers, not the other baseline.
+    mean, error, _ = rows["L2L (LSTM)"]
+    expected = _paired_difference(histories["general.csv"][1], histories["default.csv"][1])
+    assert (mean, error) == pytest.approx(expected, abs=1e-4)
+    assert mean == pytest.approx(-0.12, abs=0.01)
+    # When the default is the best, one section only.
+    histories["adam.csv"] = ("optimizer=Adam learning_rate=0.01 seed=0", luck + 0.40)
+    _, sections = _paired_tables(tmp_path, histories)
+    assert len(sections) == 1
