@@ -205,8 +205,8 @@ def with_optimizer_kind(net_config, kind, fixed_lambda=0.01, lambda_mode="per_co
     return result
 
 
-def with_net_options(net_config, options_json):
-    """`net_config` with JSON `options_json` merged into every learned network's options.
+def parse_net_options(options_json):
+    """The JSON object of --net_options as a dict; train.py checks it before TensorFlow starts.
 
     Raises:
       util.FlagError: not a JSON object (the message names --net_options).
@@ -218,6 +218,16 @@ def with_net_options(net_config, options_json):
                              f"{options_json[:200]!r}.") from None
     if not isinstance(options, dict):
         raise util.FlagError(f"--net_options must be a JSON object, got {options_json[:200]!r}.")
+    return options
+
+
+def with_net_options(net_config, options_json):
+    """`net_config` with JSON `options_json` merged into every learned network's options.
+
+    Raises:
+      util.FlagError: not a JSON object (`parse_net_options`).
+    """
+    options = parse_net_options(options_json)
     return {key: dict(config, net_options={**config.get("net_options", {}), **options})
             if config["net"] in _LSTM_NETS else config for key, config in net_config.items()}
 

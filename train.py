@@ -88,6 +88,8 @@ def _check_flags(argv):
             kinds = " and ".join(k for k, v in configs.KIND_FLAGS.items() if name in v)
             raise util.FlagError(f"--{name} does not apply to --which_aml={FLAGS.which_aml}; "
                                  f"remove it (it is for {kinds}).")
+    if FLAGS.net_options is not None:  # Before TensorFlow's start-up and any other output.
+        configs.parse_net_options(FLAGS.net_options)
     if FLAGS.initial_path:
         for name in ("net_options", "lambda_mode", "lambda_max"):
             if given(name):

@@ -234,5 +234,20 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLess(time.monotonic() - start, 4)
 
 
+class FrictionTest(tf.test.TestCase, parameterized.TestCase):
+    """What a newcomer met on a fresh clone (issue 30, items 5 to 10)."""
+
+    @parameterized.parameters('{"layers": [4,', "[1, 2]", "")
+    def test_malformed_net_options_answer_before_tensorflow_and_any_other_output(self, options):
+        start = time.monotonic()
+        result = _run(self.get_temp_dir(), "train.py", f"--net_options={options}")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")  # Not after "Meta-objective: ...".
+        self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
+        self.assertRegex(result.stderr, r"^train.py: error: --net_options (is not valid JSON|"
+                                        r"must be a JSON object)")
+        self.assertLess(time.monotonic() - start, 4)  # TensorFlow alone takes 4 s or more.
+
+
 if __name__ == "__main__":
     tf.test.main()
