@@ -6,7 +6,9 @@ Nothing here imports TensorFlow, so that `plot.py` (which only reads CSV files) 
 
 import math
 import os
+import re
 import sys
+import textwrap
 import time
 import traceback
 
@@ -51,14 +53,50 @@ def main(main_fn, doc, argv):
     from absl import app, flags  # pylint: disable=import-outside-toplevel
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(doc.strip() + "\n")
-        print(flags.FLAGS.get_help() if "--helpfull" in argv else
-              flags.FLAGS.main_module_help())
+        print(flags_help(full="--helpfull" in argv))
         sys.exit(0)
     try:  # A flag value absl refuses: one line naming the flag (absl adds a second one).
         flags.FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"{os.path.basename(argv[0])}: error: {e}")
     app.run(run(main_fn), argv)
+
+
+def flags_help(full=False, width=80):
+    """The flags' help as absl lays it out (the main module's key flags; `full`: every module's),
+    wrapped only at spaces: absl's wrapping broke names at hyphens and inside long words
+    ("cifar-" / "multi" in the list of --problem's values)."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from absl.flags import _helpers  # pylint: disable=import-outside-toplevel
+    values, main_module = flags.FLAGS, sys.argv[0]
+    if full:  # As absl orders them: the main module first, its own special flags last.
+        by_module = values.flags_by_module_dict()
+        modules = [(m, by_module[m]) for m in sorted(sorted(by_module), key=lambda m: m != main_module)]
+        special = _helpers.SPECIAL_FLAGS._flags()  # pylint: disable=protected-access
+        modules.append(("absl.flags", list(special.values())))
+    else:
+        modules = [(main_module, values.get_key_flags_for_module(main_module))]
+    wrap = lambda text, first, rest: textwrap.wrap(
+        text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False,
+        break_long_words=False) or [first.rstrip()]
+    lines, shown = [], set()
+    for module, module_flags in modules:
+        lines += ["", f"{module}:"]
+        for flag in sorted(module_flags, key=lambda f: f.name):
+            if (module, flag.name) in shown:
+                continue
+            shown.add((module, flag.name))
+            name = ((f"-{flag.short_name}," if flag.short_name else "")
+                    + (f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"))
+            # An enum's values, `<a|b-c|d>`, with spaces to wrap at between them.
+            text = re.sub(r"^<([^>]*)>", lambda m: "<" + " | ".join(m.group(1).split("|")) + ">",
+                          flag.help or "")
+            lines += wrap(f"{name}: {text}", "  ", "    ")
+            if flag.default_as_str:
+                lines += wrap(f"(default: {flag.default_as_str})", "    ", "    ")
+            if flag.parser.syntactic_help:
+                lines += wrap(f"({flag.parser.syntactic_help})", "    ", "    ")
+    return "\n".join(lines)
 
 
 def define_problem_flags():

@@ -122,7 +122,9 @@ for case in "${CASES[@]}"; do
     histories+=($OUT/histories/${name}_$baseline.csv)
   done
   joined=$(IFS=,; echo "${histories[*]}")
-  "$PYTHON" plot.py --histories="$joined" --output="$tmp/$name.png" --title="$name ($steps steps)"
+  # Drawn in $tmp, then moved: plot.py's line naming the temporary file would mislead.
+  "$PYTHON" plot.py --histories="$joined" --output="$tmp/$name.png" --title="$name ($steps steps)" \
+    | sed '/^Plot written to /d'
   { echo; echo "### $name ($steps steps)"; echo; "$PYTHON" plot.py --histories="$joined" --table
   } > "$tmp/$name.md"
   mv "$tmp/$name.png" $OUT/$name.png

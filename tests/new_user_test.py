@@ -41,6 +41,7 @@ elif "--table" in args:
 else:
     with open(values["output"], "wb") as f:
         f.write(b"stub figure")
+    print("Plot written to " + values["output"])  # As plot.py says.
 """
 
 
@@ -136,6 +137,10 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         result, evaluations = self._reproduce(folder, "quadratic")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertLen(evaluations, 7)  # L2L, fixed, learned; Adam, RMSprop, SGD, NAG.
+        # No temporary path is printed, only where the figure ends up.
+        self.assertNotIn(".reproduce.", result.stdout)
+        self.assertEndsWith(result.stdout, "Updated results/quadratic.png and the quadratic "
+                                           "section of results/table.md\n")
         sections = _sections(open(table).read())
         self.assertEqual(list(sections), list(committed))  # Every case, in the same order.
         for case in committed:
@@ -247,6 +252,28 @@ class FrictionTest(tf.test.TestCase, parameterized.TestCase):
         self.assertRegex(result.stderr, r"^train.py: error: --net_options (is not valid JSON|"
                                         r"must be a JSON object)")
         self.assertLess(time.monotonic() - start, 4)  # TensorFlow alone takes 4 s or more.
+
+    @parameterized.parameters("train.py", "evaluate.py")
+    def test_help_never_breaks_a_problem_name_across_lines(self, script):
+        import configs  # pylint: disable=import-outside-toplevel
+        for help_flag in ("--help", "--helpfull"):
+            result = _run(self.get_temp_dir(), script, help_flag)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            for name in configs.CONFIGS:  # e.g. "cifar-" / "multi" before.
+                self.assertRegex(result.stdout, rf"(?<![\w-]){re.escape(name)}(?![\w-])",
+                                 f"{script} {help_flag}")
+            # Every flag absl lists is still there, with its default.
+            self.assertIn("--problem: <cifar | cifar-mlp | cifar-multi", result.stdout)
+            self.assertIn("(default: 'simple')", result.stdout)
+            self.assertEqual("--helpfull" in help_flag, "--flagfile:" in result.stdout)
+            self.assertEqual("--helpfull" in help_flag, "-v,--verbosity:" in result.stdout)
+
+    def test_plot_help_example_has_no_run_of_spaces(self):
+        result = _run(self.get_temp_dir(), "plot.py", "--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("mnist_Adam_tuned.csv \\\n        --output=figures/mnist.pdf",
+                      result.stdout)
+        self.assertNotRegex(result.stdout, r"\S {3,}\S")
 
 
 if __name__ == "__main__":
