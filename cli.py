@@ -71,7 +71,8 @@ def flags_help(full=False, width=80):
     values, main_module = flags.FLAGS, sys.argv[0]
     if full:  # As absl orders them: the main module first, its own special flags last.
         by_module = values.flags_by_module_dict()
-        modules = [(m, by_module[m]) for m in sorted(sorted(by_module), key=lambda m: m != main_module)]
+        names = sorted(sorted(by_module), key=lambda m: m != main_module)
+        modules = [(m, by_module[m]) for m in names]
         special = _helpers.SPECIAL_FLAGS._flags()  # pylint: disable=protected-access
         modules.append(("absl.flags", list(special.values())))
     else:

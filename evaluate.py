@@ -15,7 +15,6 @@ import os
 import sys
 
 from absl import flags
-from absl import logging
 import numpy as np
 
 import cli
@@ -29,6 +28,9 @@ flags.DEFINE_enum("optimizer", "L2L", list(configs.OPTIMIZER_KINDS) + list(confi
                   "Optimizer to evaluate: learned (L2L, fixed or learned lambda) or one of "
                   "TensorFlow's (Adam, RMSprop, SGD, NAG).")
 flags.DEFINE_string("path", None, "Saved optimizer: a directory of .l2l files, or one file.")
+flags.DEFINE_boolean("untrained", False, "Evaluate a learned kind of optimizer with the networks' "
+                     "initial (random) weights instead of a saved one (--path): a baseline for "
+                     "what meta-training gains.")
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed optimizer.")
 flags.DEFINE_list("learning_rates", None, "A grid of learning rates for a hand-designed "
                   "optimizer, e.g. 0.001,0.003,0.01,0.03,0.1: each runs --tune_epochs epochs on "
@@ -98,6 +100,20 @@ def _check_flags(argv):
             what = (f"a saved {FLAGS.optimizer} optimizer records it" if saved
                     else f"it does not apply to --optimizer={FLAGS.optimizer}")
             raise util.FlagError(f"--{name}: {what}; remove it.")
+    if FLAGS.optimizer in configs.OPTIMIZER_KINDS and FLAGS.path is None and not FLAGS.untrained:
+        # An untrained network's numbers look like results: only an explicit flag gets them.
+        shipped = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_optimizers",
+                               FLAGS.problem)
+        if not os.path.relpath(shipped).startswith(os.pardir):
+            shipped = os.path.relpath(shipped)
+        example = f", such as {shipped}" if os.path.isdir(shipped) else ""
+        raise util.FlagError(f"--optimizer={FLAGS.optimizer} needs --path, a saved optimizer (a "
+                             f"folder of .l2l files or one file{example}); pass --untrained to "
+                             f"evaluate untrained networks on purpose.")
+    if FLAGS.untrained and (FLAGS.path is not None or FLAGS.optimizer in configs.BASELINES):
+        what = ("--path loads trained weights" if FLAGS.path is not None else
+                f"it does not apply to --optimizer={FLAGS.optimizer}")
+        raise util.FlagError(f"--untrained: {what}; remove it.")
     if not FLAGS["learning_rates"].present:
         if FLAGS["tune_epochs"].present:
             raise util.FlagError("--tune_epochs: it applies to a --learning_rates grid only; "
@@ -123,8 +139,7 @@ def _learned_optimizer(config):
     optimizer files it loaded."""
     import meta  # pylint: disable=import-outside-toplevel
     net_config = config.net_config
-    if FLAGS.path is None:
-        logging.warning("Evaluating untrained %s optimizer", FLAGS.optimizer)
+    if FLAGS.path is None:  # --untrained (checked by _check_flags).
         fixed_lambda = 0.01 if FLAGS.fixed_lambda is None else FLAGS.fixed_lambda
         net_config = configs.with_optimizer_kind(net_config, FLAGS.optimizer, fixed_lambda,
                                                  FLAGS.lambda_mode, FLAGS.lambda_max)

@@ -186,7 +186,8 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         directory = self.get_temp_dir()
         common = ["--problem=quadratic", "--num_epochs=1", "--num_steps=4"]
         for args in (["--optimizer=Adam", "--learning_rate=0.1"],
-                     ["--optimizer=Adam", "--learning_rate=0.3"], ["--optimizer=L2L"],
+                     ["--optimizer=Adam", "--learning_rate=0.3"],
+                     ["--optimizer=L2L", "--untrained"],
                      ["--optimizer=Adam", "--learning_rates=0.1,0.3", "--tune_epochs=1"],
                      ["--optimizer=Adam", "--learning_rates=0.1,1", "--tune_epochs=1"]):
             result = _run(directory, "evaluate.py", *common, *args)
@@ -219,12 +220,24 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         ("train.py", ["--which_aml=fixed", "--lambda_mode=scalar"],
          "--lambda_mode does not apply to --which_aml=fixed"),
         ("train.py", ["--checkpoint_period=5"], "--checkpoint_period needs --save_path"),
+        # An untrained network only on purpose (issue 30, item 7).
+        ("evaluate.py", ["--problem=quadratic"], r"--optimizer=L2L needs --path, a saved "
+                                                 r"optimizer \(a folder of .l2l files or one file, "
+                                                 r"such as .*saved_optimizers/quadratic\); pass "
+                                                 r"--untrained to evaluate untrained networks on "
+                                                 r"purpose\.$"),
+        ("evaluate.py", ["--problem=iris", "--optimizer=fixed"],
+         r"--optimizer=fixed needs --path, a saved optimizer \(a folder of .l2l files or one "
+         r"file\); pass --untrained"),
+        ("evaluate.py", ["--optimizer=Adam", "--untrained"],
+         "--untrained: it does not apply to --optimizer=Adam; remove it."),
+        ("evaluate.py", ["--path=x", "--untrained"], "--untrained: --path loads trained weights"),
     )
     def test_7_flags_that_do_not_apply_are_refused(self, script, args, message):
         result = _run(self.get_temp_dir(), script, *args)
         self.assertEqual(result.returncode, 1)
         self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
-        self.assertStartsWith(result.stderr, f"{script}: error: {message}")
+        self.assertRegex(result.stderr, f"^{script}: error: {message}")
 
     @parameterized.parameters("train.py", "evaluate.py", "plot.py", "convert.py")
     def test_9_help_exits_with_status_0_at_once(self, script):
