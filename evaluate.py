@@ -19,6 +19,7 @@ import numpy as np
 
 import cli
 import configs
+import datasets
 import util
 
 FLAGS = flags.FLAGS
@@ -92,6 +93,7 @@ def _check_flags(argv):
     cli.check_no_arguments(argv)
     cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
     cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
+    datasets.check_data_dir(FLAGS.data_dir)  # Before TensorFlow starts, not after a download.
     applies = _applicable_flags()
     for name in _BASELINE_FLAGS + _LEARNED_FLAGS + _LAMBDA_FLAGS:
         if FLAGS[name].present and name not in applies:

@@ -19,6 +19,7 @@ from absl import flags
 
 import cli
 import configs
+import datasets
 
 FLAGS = flags.FLAGS
 cli.define_problem_flags()
@@ -88,6 +89,7 @@ def _check_flags(argv):
             kinds = " and ".join(k for k, v in configs.KIND_FLAGS.items() if name in v)
             raise util.FlagError(f"--{name} does not apply to --which_aml={FLAGS.which_aml}; "
                                  f"remove it (it is for {kinds}).")
+    datasets.check_data_dir(FLAGS.data_dir)  # Before TensorFlow starts, not after a download.
     if FLAGS.net_options is not None:  # Before TensorFlow's start-up and any other output.
         configs.parse_net_options(FLAGS.net_options)
     if FLAGS.initial_path:

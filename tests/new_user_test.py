@@ -267,6 +267,19 @@ class FrictionTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLess(time.monotonic() - start, 4)  # TensorFlow alone takes 4 s or more.
 
     @parameterized.parameters("train.py", "evaluate.py")
+    def test_a_missing_data_dir_answers_at_once(self, script):
+        missing = os.path.join(self.get_temp_dir(), "typo")
+        start = time.monotonic()
+        result = _run(self.get_temp_dir(), script, "--problem=mnist", "--optimizer=Adam"
+                      if script == "evaluate.py" else "--num_epochs=1", f"--data_dir={missing}")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(result.stderr, f"{script}: error: --data_dir {missing} does not exist; "
+                                        f"fix the path, or create the folder for "
+                                        f"tensorflow_datasets to download into.\n")
+        self.assertLess(time.monotonic() - start, 4)  # Not after TensorFlow and tfds.
+
+    @parameterized.parameters("train.py", "evaluate.py")
     def test_help_never_breaks_a_problem_name_across_lines(self, script):
         import configs  # pylint: disable=import-outside-toplevel
         for help_flag in ("--help", "--helpfull"):
