@@ -134,6 +134,9 @@ def main(argv):
     flags_of_run = training.run_flags(FLAGS, objective)
     print(f"Meta-objective: {objective} ({training.OBJECTIVES[objective]}).")
     built = training.build(FLAGS, config, objective, strategy)  # Before the folder changes.
+    meta_batch = training.describe_meta_batch(FLAGS.meta_batch_size, strategy)
+    if meta_batch:
+        print(meta_batch)
     if FLAGS.save_path is None:
         print("Nothing will be saved: pass --save_path=DIR to keep the best optimizer and "
               "checkpoints (and to resume).")

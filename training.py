@@ -99,6 +99,28 @@ def make_strategy(name):
     return tf.distribute.MultiWorkerMirroredStrategy(), chief
 
 
+def describe_meta_batch(meta_batch_size, strategy):
+    """One line saying how --meta_batch_size and --strategy took effect (None for one instance
+    without a strategy): instances per meta-update, replicas, workers and this process's
+    devices."""
+    if strategy is None:
+        return (None if meta_batch_size == 1 else
+                f"Meta-batch: {meta_batch_size} problem instances per meta-update, on one "
+                f"device.")
+    replicas = strategy.num_replicas_in_sync
+    devices = ", ".join(name.split("/device:")[-1] for name in strategy.extended.worker_devices)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is not None and resolver.task_type is not None:
+        workers = sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values())
+        where = (f"multi_worker: {workers} workers; this one, {resolver.task_type} "
+                 f"{resolver.task_id}, on {devices}")
+    else:
+        where = f"mirrored on {devices}"
+    share = ("on 1 replica" if replicas == 1 else
+             f"{meta_batch_size // replicas} on each of {replicas} replicas")
+    return f"Meta-batch: {meta_batch_size} problem instances per meta-update, {share} ({where})."
+
+
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a request to stop after the current epoch; a second one aborts."""
 
