@@ -366,6 +366,10 @@ def _restore(checkpoint, folder):
             raise util.FileFormatError(f"{folder.path} holds a run but no checkpoint to resume "
                                        f"it from; {restart}.")
         return None
+    # The counter that numbers the saves, created now so that the read restores it with the
+    # rest: created later (by the first save), it stayed pending, and a run that ends without
+    # saving (a complete one) had TensorFlow warn of "unrestored values ... save_counter".
+    checkpoint.save_counter  # pylint: disable=pointless-statement
     reasons = []
     for index_file in candidates:
         path = index_file[:-len(".index")]

@@ -107,6 +107,25 @@ class ResumeTest(tf.test.TestCase):
         self.assertEqual(int(_checkpoint(save_path)["epoch/.ATTRIBUTES/VARIABLE_VALUE"]),
                          stopped_at)
 
+    def test_rerunning_a_complete_run_says_so_without_tensorflow_warnings(self):
+        save_path = os.path.join(self.get_temp_dir(), "complete")
+        first = _run("train.py", *RUN, "--num_epochs=4", f"--save_path={save_path}")
+        self.assertEqual(first.returncode, 0, first.stderr)
+        again = _run("train.py", *RUN, "--num_epochs=4", f"--save_path={save_path}")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("The run is complete; raise --num_epochs to train it further.",
+                      again.stdout)
+        # Not TensorFlow's "object ... being deleted with unrestored values" and "Value in
+        # checkpoint could not be found ... save_counter" (issue 30, item 5).
+        self.assertEqual(again.stderr, "")
+        # Raised, the run goes on numbering its checkpoints after the restored ones.
+        numbers = lambda: sorted(int(f[len("ckpt-"):-len(".index")]) for f in os.listdir(
+            os.path.join(save_path, "checkpoints")) if f.endswith(".index"))
+        before = numbers()
+        longer = _run("train.py", *RUN, "--num_epochs=5", f"--save_path={save_path}")
+        self.assertEqual((longer.returncode, longer.stderr), (0, ""))
+        self.assertEqual(numbers(), [before[-1] + 1, before[-1] + 2])  # Epoch 5, and the last.
+
     def test_resuming_with_other_flags_or_restarting(self):
         save_path = os.path.join(self.get_temp_dir(), "run")
         self.assertEqual(_run("train.py", *RUN, "--num_epochs=2",
