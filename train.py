@@ -140,8 +140,9 @@ def main(argv):
     if FLAGS.save_path is None:
         print("Nothing will be saved: pass --save_path=DIR to keep the best optimizer and "
               "checkpoints (and to resume).")
-    folder = (run_folder.RunFolder.open(FLAGS.save_path, flags_of_run, FLAGS.restart, chief)
-              if FLAGS.save_path else None)
+    networks = training.network_record(built.optimizer) if FLAGS.initial_path else None
+    folder = (run_folder.RunFolder.open(FLAGS.save_path, flags_of_run, FLAGS.restart, chief,
+                                        networks) if FLAGS.save_path else None)
     try:
         return training.train(FLAGS, built, num_unrolls, folder)
     finally:

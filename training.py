@@ -32,6 +32,7 @@ import cli  # noqa: E402  pylint: disable=wrong-import-position
 import configs  # noqa: E402  pylint: disable=wrong-import-position
 import meta  # noqa: E402  pylint: disable=wrong-import-position
 import networks  # noqa: E402  pylint: disable=wrong-import-position
+import run_folder  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
 OBJECTIVES = {"train": "the optimizee's losses on its training batches",
@@ -204,6 +205,27 @@ def check_memory(flags, minimize, limit):
         f"{limit / 2**30:.1f} GiB this process may use; lower {_MEMORY_FLAGS}{instead}.")
 
 
+def network_record(optimizer):
+    """`{key: {"net": class name, "net_options": {...}}}`: what rebuilds `optimizer`'s networks
+    (with other weights), as `run_folder` records it for a run from --initial_path."""
+    return {key: {"net": type(net).__name__, "net_options": net.options}
+            for key, net in optimizer.nets.items()}
+
+
+def resumed_networks(flags):
+    """The networks of a run from --initial_path that resumes from a checkpoint, as its run.json
+    records them (`network_record`): the checkpoint's weights replace any, so the file is not
+    read (it may be gone). None for other runs, and records from before networks were kept.
+    """
+    if not (flags.save_path and flags.initial_path and not flags.restart):
+        return None
+    directory = os.path.join(flags.save_path, run_folder.CHECKPOINTS)
+    if not (os.path.isdir(directory)
+            and any(_CHECKPOINT_INDEX.fullmatch(name) for name in os.listdir(directory))):
+        return None  # The run starts, or starts again, from the file's weights.
+    return run_folder.recorded_networks(flags.save_path)
+
+
 def _build(flags, config, objective, strategy):
     """`(MetaOptimizer, meta-training Unroll, evaluation Unroll, evaluation batch)`."""
     net_config = configs.with_optimizer_kind(config.net_config, flags.which_aml,
@@ -211,8 +233,10 @@ def _build(flags, config, objective, strategy):
                                              flags.lambda_max)
     if flags.net_options:
         net_config = configs.with_net_options(net_config, flags.net_options)
-    if flags.initial_path:
-        # Only a new run starts from the file: a resumed one restores its checkpoint over it.
+    recorded = resumed_networks(flags)
+    if recorded:
+        net_config = recorded  # Random weights, which the checkpoint's replace.
+    elif flags.initial_path:
         net_config = configs.with_saved_paths(net_config, flags.initial_path, flags.which_aml,
                                               flags.fixed_lambda, flag="--initial_path")
     replicas = strategy.num_replicas_in_sync if strategy else 1
@@ -460,6 +484,10 @@ def _train(flags, built, num_unrolls, folder):
             elif saved is not None and saved[0] < state["best_evaluation"].numpy():
                 state["best_evaluation"].assign(saved[0])
                 state["best_epoch"].assign(saved[1] or 0)
+        if restored and flags.initial_path and not os.path.exists(flags.initial_path):
+            print(f"Resuming without --initial_path {flags.initial_path}, which is gone: a "
+                  f"resume restores the checkpoint's weights, with the networks the run "
+                  f"recorded.")
         if restored:
             print(f"Resuming from epoch {int(state['epoch'])} of {flags.num_epochs} "
                   f"({restored}).")

@@ -836,7 +836,7 @@ class FlagBoundsTest(tf.test.TestCase, parameterized.TestCase):
             net_options=net_options, initial_path=None, meta_batch_size=1, strategy="none",
             problem="quadratic", data_dir=None, unroll_length=2, learning_rate=0.001,
             second_derivatives=False, state_reset_period=0, mode="graph", num_steps=4,
-            rematerialize=None)
+            rematerialize=None, save_path=None)
         return training._build(flags, configs.get_config("quadratic"), "train", None)
 
     def test_17_14_network_options_are_the_users_errors_and_bugs_keep_their_traceback(self):
