@@ -21,20 +21,32 @@ def run(main):
     """Wraps a CLI `main` for `absl.app.run`: a user error is one line and exit status 1.
 
     Only the project's own user errors (`util.UserError`: a bad flag, file or dataset) become one
-    line; any other exception is a bug and keeps its traceback, followed by a line saying so. Set
-    L2L_DEBUG=1 for the traceback of user errors too.
+    line; any other exception is a bug and keeps its traceback, followed by a line saying so. An
+    interrupt (Ctrl-C) is one line and status 130; a closed output pipe ends quietly. Set
+    L2L_DEBUG=1 for the traceback of user errors and interrupts too.
     """
     def wrapped(argv):
         from absl import flags, logging  # pylint: disable=import-outside-toplevel
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Library INFO lines (checkpoints) are noise.
+        program = os.path.basename(sys.argv[0])
         try:
             return main(argv)
         except util.UserError as e:
             if os.environ.get("L2L_DEBUG"):
                 raise
-            sys.exit(f"{os.path.basename(sys.argv[0])}: error: {e}")
-        except (KeyboardInterrupt, SystemExit):
+            sys.exit(f"{program}: error: {e}")
+        except KeyboardInterrupt:  # Ctrl-C: every file is written whole, or not at all.
+            if os.environ.get("L2L_DEBUG"):
+                raise
+            sys.stdout.flush()
+            print(f"{program}: interrupted.", file=sys.stderr)
+            sys.exit(130)
+        except BrokenPipeError:  # The reader of the output went away (`| head`): stop quietly.
+            # Python's own advice: what is left for stdout goes nowhere, not into a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a process killed by it.
+        except SystemExit:
             raise
         except Exception:  # pylint: disable=broad-except
             traceback.print_exc()

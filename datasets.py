@@ -423,8 +423,8 @@ def check_data_dir(data_dir):
         raise DatasetError(f"--data_dir {data_dir} is not a folder; pass the folder that holds "
                            f"the dataset's files.")
     if not path.exists():
-        raise DatasetError(f"--data_dir {data_dir} does not exist; fix the path, or create the "
-                           f"folder for tensorflow_datasets to download into.")
+        raise DatasetError(f"--data_dir {data_dir} {util.unreachable(path)}; fix the path, or "
+                           f"create the folder for tensorflow_datasets to download into.")
 
 
 def _find_and_read(name, part, data_dir):

@@ -84,8 +84,10 @@ class RunFolder:
                        None)
         try:
             os.makedirs(path, exist_ok=True)
-        except OSError as e:
-            raise util.FlagError(f"--save_path {path} cannot be created: {e.strerror}.") from None
+        except OSError as e:  # A dangling or looping link says "File exists".
+            reason = ((util.unreachable(path) if os.path.islink(path) else None)
+                      or f"cannot be created: {e.strerror}")
+            raise util.FlagError(f"--save_path {path} {reason}.") from None
         lock_fd = _lock(path)
         try:
             run_id, resuming = _open_run(path, flags_of_run, restart, networks)

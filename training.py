@@ -238,7 +238,8 @@ def _build(flags, config, objective, strategy):
         net_config = recorded  # Random weights, which the checkpoint's replace.
     elif flags.initial_path:
         net_config = configs.with_saved_paths(net_config, flags.initial_path, flags.which_aml,
-                                              flags.fixed_lambda, flag="--initial_path")
+                                              flags.fixed_lambda, flag="--initial_path",
+                                              kind_flag="--which_aml")
     replicas = strategy.num_replicas_in_sync if strategy else 1
     if flags.meta_batch_size % replicas:
         raise util.FlagError(f"--meta_batch_size={flags.meta_batch_size} must be a multiple of "
@@ -568,8 +569,11 @@ def _summary_writer(logdir):
                              f"summaries.")
     try:
         return tf.summary.create_file_writer(logdir)
-    except (tf.errors.OpError, OSError) as e:
-        raise util.FlagError(f"--logdir {logdir} cannot be written ({e}).") from None
+    except (tf.errors.OpError, OSError) as e:  # TensorFlow's message is several lines.
+        detail = getattr(e, "strerror", None) or str(e).splitlines()[0][:150]
+        reason = ((util.unreachable(logdir) if os.path.islink(logdir) else None)
+                  or f"cannot be written ({detail})")
+        raise util.FlagError(f"--logdir {logdir} {reason}.") from None
 
 
 def _summaries(writer, step, scalars):

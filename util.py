@@ -14,6 +14,7 @@ changes nothing in the process.
   go nowhere), whichever of the project's modules is imported first.
 """
 
+import errno
 import os
 import stat
 import sys
@@ -71,6 +72,23 @@ def describe_mode(mode):
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "not a regular file"
+
+
+def unreachable(path):
+    """Why `path`, which `os.path.exists` says is not there, cannot be reached, for a message:
+    "does not exist", "is a broken symbolic link (to X)", "is a loop of symbolic links"; None
+    when it can be reached."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+        if e.errno == errno.ENOENT:
+            return "does not exist"
+        return f"cannot be reached ({e.strerror})"
+    return None
 
 
 def read_file(path, limit=DEFAULT_READ_LIMIT, what="file", error=FileFormatError):

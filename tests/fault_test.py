@@ -334,7 +334,8 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
             # A fixed-lambda file asked for as L2L.
             (["--problem=quadratic", "--path=" + os.path.join(
                 self._saved("cw", networks.FixedLambdaDeepLSTM()), "cw.l2l")],
-             "holds a FixedLambdaDeepLSTM, not a CoordinateWiseDeepLSTM"),
+             r"holds a FixedLambdaDeepLSTM \(--optimizer=fixed\), not --optimizer=L2L's "
+             r"CoordinateWiseDeepLSTM; pass --optimizer=fixed\."),
             # A network for 5x5 kernels on a problem without them.
             (["--problem=quadratic", "--path=" + os.path.join(
                 self._saved("kernel", networks.KernelDeepLSTM([5, 5])), "kernel.l2l")],
