@@ -30,8 +30,21 @@ def run(main):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Library INFO lines (checkpoints) are noise.
         program = os.path.basename(sys.argv[0])
+        if os.environ.get(util.SUPERVISOR) and not os.environ.get("L2L_DEBUG"):
+            # A crash is said by the supervisor in one line, not by absl's stack dump here.
+            import faulthandler  # pylint: disable=import-outside-toplevel
+            faulthandler.disable()
         try:
             return main(argv)
+        except util.OutOfMemoryError as e:
+            if os.environ.get("L2L_DEBUG"):
+                raise
+            # Every file is closed (the callers' `finally` ran); the interpreter's teardown is
+            # skipped: after a failed allocation TensorFlow's aborts (util.OutOfMemoryError).
+            print(f"{program}: error: {e}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)  # pylint: disable=protected-access
         except util.UserError as e:
             if os.environ.get("L2L_DEBUG"):
                 raise
@@ -56,12 +69,23 @@ def run(main):
     return wrapped
 
 
+def first_line(error, limit=120):
+    """The first line of an exception's message (TensorFlow's own `message`, without its
+    traceback of ops), at most `limit` characters, for a one-line error."""
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return (text.strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 
 
-def main(main_fn, doc, argv):
+def main(main_fn, doc, argv, crash_advice=None):
     """Runs a CLI: `--help` prints the module's docstring and flags and exits with status 0
-    (absl's own exits with 1); everything else goes through `absl.app.run(run(main_fn))`."""
+    (absl's own exits with 1); everything else goes through `absl.app.run(run(main_fn))`.
+
+    With `crash_advice` (what to lower, what is kept), the work runs in a child process
+    (`supervise`), so that a crash inside TensorFlow is one line too.
+    """
     from absl import app, flags  # pylint: disable=import-outside-toplevel
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(doc.strip() + "\n")
@@ -71,7 +95,57 @@ def main(main_fn, doc, argv):
         flags.FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"{os.path.basename(argv[0])}: error: {e}")
+    if crash_advice and not os.environ.get(util.SUPERVISOR):
+        sys.exit(supervise(os.path.basename(argv[0]), crash_advice))
     app.run(run(main_fn), argv)
+
+
+# How a child that TensorFlow crashed ends, and why, for the one line.
+_CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV)", "SIGABRT": "TensorFlow aborted (SIGABRT)",
+            "SIGBUS": "TensorFlow crashed (SIGBUS)",
+            "SIGKILL": "the process was killed (SIGKILL), e.g. by the system's out-of-memory "
+                       "killer"}
+
+
+def supervise(program, crash_advice):
+    """Runs this command again in a child process, waits for it and returns its exit status;
+    a child killed by a signal is one line (`program: error: ...`, status 1).
+
+    Out of memory, TensorFlow may raise (the CLIs say so in one line) but its compiled code may
+    also crash the process (measured: SIGSEGV inside an XLA computation under `ulimit -v`), and
+    the system's out-of-memory killer ends it with SIGKILL; no Python code of that process runs
+    then. SIGINT, SIGTERM and SIGHUP sent to this process go to the child, which is in a process
+    group of its own (so that Ctrl-C reaches it once, through here); it dies with this process.
+    """
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    parent = os.getpid()
+    child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]],
+                             env=dict(os.environ, **{util.SUPERVISOR: str(parent)}),
+                             process_group=0,
+                             preexec_fn=lambda: _die_with_parent(parent))
+    forward = lambda signum, frame: child.send_signal(signum)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    returncode = child.wait()
+    if returncode >= 0:
+        return returncode
+    name = signal.Signals(-returncode).name
+    why = _CRASHES.get(name, f"the process died of {name}")
+    sys.stdout.flush()
+    return f"{program}: error: {why}; out of memory, most likely: {crash_advice}"
+
+
+def _die_with_parent(parent):
+    """In the child, before it runs: the kernel sends it SIGKILL when its parent dies (Linux), so
+    that killing the supervisor (even with SIGKILL) ends the work too."""
+    try:
+        import ctypes  # pylint: disable=import-outside-toplevel
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL.
+    except (OSError, AttributeError):
+        return  # Elsewhere the child may outlive a supervisor killed with SIGKILL.
+    if os.getppid() != parent:  # It died before the request: nobody waits for this child.
+        os._exit(1)  # pylint: disable=protected-access
 
 
 def flags_help(full=False, width=80):

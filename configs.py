@@ -27,6 +27,8 @@ STRATEGIES = ("none", "mirrored", "multi_worker")
 # How meta.unroll's backward pass gets each optimizee step's values, and what each costs
 # (measured in bench/README.md): "steps" is the fastest on a CPU; "chunks" the smallest, and the
 # only one whose memory barely depends on the unroll length.
+# What a meta-training run that runs out of memory can lower.
+MEMORY_FLAGS = "--unroll_length, --meta_batch_size or the layers of --net_options"
 REMATERIALIZE = {"off": "keep every step's activations",
                  "steps": "keep each step's inputs, recompute the step",
                  "chunks": "keep the optimizee's gradients, replay chunks of coordinates"}

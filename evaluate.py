@@ -183,11 +183,25 @@ def _learned_epochs(optimizer, config, unroll_length, seeds):
                                  net_assignments=config.net_assignments,
                                  state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode,
                                  meta_batch_size=batch_size)
+    _check_memory(unroll, batch_size)
     epochs = []
     for first in range(0, len(seeds), batch_size):
         epochs += meta.run_epochs(unroll, FLAGS.num_steps // unroll_length,
                                   np.stack(seeds[first:first + batch_size]))
     return epochs, unroll.mode
+
+
+def _check_memory(unroll, batch_size):
+    """A one-line error, before anything is compiled, when the epochs run at once hold more than
+    this process can still take: out of memory, XLA may abort rather than raise."""
+    needed, headroom = unroll.live_bytes(), util.memory_headroom()
+    if headroom is None or needed <= headroom:
+        return
+    fit = max(1, headroom * batch_size // needed)
+    raise util.FlagError(f"--eval_batch_size={FLAGS.eval_batch_size} runs {batch_size} epochs "
+                         f"at once, which hold at least {needed / 2**30:.1f} GiB, more than the "
+                         f"{headroom / 2**30:.1f} GiB this process can still take; lower "
+                         f"--eval_batch_size (at most {fit} fit).")
 
 
 def _tune_learning_rate(grid, unroll_length):
@@ -272,7 +286,11 @@ def main(argv):
         mode, settings = unroll.mode, f"learning_rate={learning_rate!r}{tuned}"
     else:
         optimizer, fixed_lambda, files = _learned_optimizer(config)
-        epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
+        try:
+            epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
+        except (util.import_tensorflow().errors.ResourceExhaustedError, MemoryError) as e:
+            raise util.OutOfMemoryError(f"Out of memory ({cli.first_line(e)}); lower "
+                                        f"--eval_batch_size. No history was written.") from None
         # The files' contents, not only their names: reproduce.sh re-evaluates a history whose
         # optimizer file has since been replaced, whatever the files' modification times.
         digests = ",".join(_file_digest(f) for f in files)
@@ -298,4 +316,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.main(main, __doc__, sys.argv)
+    cli.main(main, __doc__, sys.argv,
+             crash_advice="lower --eval_batch_size. No history was written.")

@@ -877,21 +877,36 @@ class Unroll:
         """
         if self.optimizer is None:
             return 0
-        params = self.problem.init(tf.zeros([2], tf.int32))  # Only the shapes matter.
-        state = tf.nest.flatten(initial_states(self._groups, [params]))
-        state_bytes = sum(t.shape.num_elements() * t.dtype.size for t in state)
-        gradient_bytes = sum(p.shape.num_elements() * p.dtype.size for p in params)
+        state_bytes, gradient_bytes = self._instance_bytes()
         mode = self.rematerialize
-        if mode == "chunks" and _separable(self._groups, len(params)):
+        if mode == "chunks" and _separable(self._groups, len(self.problem.names)):
             per_instance = gradient_bytes
         elif mode == "off":
             per_instance = 3 * state_bytes + gradient_bytes
         else:
             per_instance = state_bytes + gradient_bytes
+        return per_instance * self._local_instances()
+
+    def live_bytes(self):
+        """At least the bytes this process's instances hold at every step, with or without a
+        meta-gradient: the networks' states and the optimizee's parameters and gradients. What
+        a large meta-batch of evaluation epochs runs out of memory on."""
+        state_bytes, gradient_bytes = self._instance_bytes()
+        return (state_bytes + 2 * gradient_bytes) * self._local_instances()
+
+    def _instance_bytes(self):
+        """`(bytes of the networks' state, bytes of the optimizee's gradients)` of one instance."""
+        params = self.problem.init(tf.zeros([2], tf.int32))  # Only the shapes matter.
+        state = tf.nest.flatten(initial_states(self._groups, [params]))
+        return (sum(t.shape.num_elements() * t.dtype.size for t in state),
+                sum(p.shape.num_elements() * p.dtype.size for p in params))
+
+    def _local_instances(self):
+        """The instances of the meta-batch that this process's replicas unroll."""
         if self.strategy is None:
-            return per_instance * self.meta_batch_size
+            return self.meta_batch_size
         per_replica = self.meta_batch_size // self.strategy.num_replicas_in_sync
-        return per_instance * per_replica * len(self.strategy.extended.worker_devices)
+        return per_replica * len(self.strategy.extended.worker_devices)
 
     def reset(self, seed):
         """Starts an epoch: new parameters, data and zero states.

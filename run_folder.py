@@ -98,6 +98,20 @@ class RunFolder:
         folder._remove_leftovers()  # pylint: disable=protected-access
         return folder
 
+    def discard_unstarted(self):
+        """Removes the record of a run this process created and that saved nothing (no
+        checkpoint, no best optimizer), so that the command corrected (e.g. for less memory)
+        starts it anew instead of having to --restart; returns whether it did (the chief only).
+        """
+        checkpoints = self.checkpoint_dir
+        if (not self.chief or self.resuming or self.best_files()
+                or (os.path.isdir(checkpoints) and os.listdir(checkpoints))):
+            return False
+        if os.path.isdir(checkpoints):
+            os.rmdir(checkpoints)
+        os.remove(os.path.join(self.path, RUN_FILE))
+        return True
+
     def close(self):
         """Releases the lock; a worker's scratch folder (its unread checkpoints) goes."""
         if self._lock_fd is not None:
@@ -237,7 +251,7 @@ def _lock(path):
                                  ) from None
         raise
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{util.command_pid()}\n".encode(), 0)  # The process the user started.
     return fd
 
 

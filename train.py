@@ -151,4 +151,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.main(main, __doc__, sys.argv)
+    cli.main(main, __doc__, sys.argv, crash_advice=(
+        f"lower {configs.MEMORY_FLAGS} (a new run: pass --restart or another --save_path). A "
+        f"--save_path keeps its last checkpoint."))

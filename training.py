@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import resource
 import shutil
 import signal
 import stat
@@ -48,8 +47,6 @@ EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 # whole 400-step epochs keep about 2 GiB. Only --rematerialize=chunks keeps so little per step
 # (the gradients) that longer unrolls are reasonable.
 MAX_UNROLL_LENGTH = 1000
-# What a run that exhausts memory can lower.
-_MEMORY_FLAGS = "--unroll_length, --meta_batch_size or the layers of --net_options"
 
 
 def check_flags(flags):
@@ -163,38 +160,16 @@ def build(flags, config, objective, strategy):
         built = Built(*_build(flags, config, objective, strategy))
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
         raise _out_of_memory(e) from None
-    check_memory(flags, built.minimize, memory_limit())
+    check_memory(flags, built.minimize, util.memory_headroom())
     return built
 
 
-def memory_limit():
-    """The most bytes this process can use, or None if unknown: the least of the machine's
-    memory, its control group's limit (cgroup v2 or v1) and the address-space limit."""
-    limits = []
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path, encoding="ascii") as f:
-                text = f.read(64).strip()
-        except OSError:
-            continue
-        if text.isdigit():  # "max" (v2) means none; v1 says none with a huge number.
-            limits.append(int(text))
-    address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if address_space != resource.RLIM_INFINITY:
-        limits.append(address_space)
-    return min(limits) if limits else None
-
-
-def check_memory(flags, minimize, limit):
-    """A one-line error when the meta-gradient of an unroll would keep more than `limit` bytes:
-    XLA, out of memory, may crash the process rather than raise."""
+def check_memory(flags, minimize, headroom):
+    """A one-line error when the meta-gradient of an unroll would keep more than the `headroom`
+    bytes this process can still take (`util.memory_headroom`): refused before anything is
+    compiled, rather than out of memory after the compilation."""
     kept = minimize.kept_bytes_per_step() * flags.unroll_length
-    if limit is None or kept <= limit:
+    if headroom is None or kept <= headroom:
         return
     instead = {"off": ", or --rematerialize=steps",
                "steps": ", or --rematerialize=chunks (for one coordinatewise network: memory that "
@@ -202,7 +177,8 @@ def check_memory(flags, minimize, limit):
     raise util.FlagError(
         f"--unroll_length={flags.unroll_length} with --meta_batch_size={flags.meta_batch_size} "
         f"keeps at least {kept / 2**30:.1f} GiB for the meta-gradient, more than the "
-        f"{limit / 2**30:.1f} GiB this process may use; lower {_MEMORY_FLAGS}{instead}.")
+        f"{headroom / 2**30:.1f} GiB this process can still take; lower {configs.MEMORY_FLAGS}"
+        f"{instead}.")
 
 
 def network_record(optimizer):
@@ -459,14 +435,20 @@ def train(flags, built, num_unrolls, folder):
     try:
         return _train(flags, built, num_unrolls, folder)
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
-        raise _out_of_memory(e) from None
+        raise _out_of_memory(e, folder) from None
 
 
-def _out_of_memory(error):
-    """TensorFlow's or the host's out-of-memory error as one line naming the flags to lower."""
-    detail = (getattr(error, "message", None) or str(error) or type(error).__name__)
-    return util.FlagError(f"Out of memory ({detail.splitlines()[0][:120]}); lower "
-                          f"{_MEMORY_FLAGS}.")
+def _out_of_memory(error, folder=None):
+    """TensorFlow's or the host's out-of-memory error as one line naming the flags to lower and
+    what the run folder keeps (a new run that saved nothing leaves no record behind)."""
+    kept = ""
+    if folder is not None and folder.discard_unstarted():
+        kept = f" Nothing was saved: {folder.path} holds no run, start it with lower values."
+    elif folder is not None:
+        kept = (f" {folder.path} keeps its last checkpoint: resume with the same flags, or "
+                f"start over with lower values and --restart.")
+    return util.OutOfMemoryError(f"Out of memory ({cli.first_line(error)}); lower "
+                                 f"{configs.MEMORY_FLAGS}.{kept}")
 
 
 def _train(flags, built, num_unrolls, folder):
