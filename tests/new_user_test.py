@@ -38,6 +38,8 @@ elif os.environ.get("STUB_FAIL") == "plot":
     sys.exit("plot.py failed")
 elif "--table" in args:
     print("| stub table of " + values["histories"] + " |")
+    for row in range(int(os.environ.get("STUB_TABLE_ROWS", "0"))):  # A long section.
+        print("| row %d |" % row)
 else:
     with open(values["output"], "wb") as f:
         f.write(b"stub figure")
@@ -119,7 +121,9 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         calls = open(log).read().splitlines() if os.path.exists(log) else []
         return result, [c for c in calls if c.startswith("evaluate.py")]
 
-    def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
+    def _reproduce_folder(self):
+        """A copy of reproduce.sh, the committed table, empty quadratic optimizers and the stub
+        Python, in a folder of its own."""
         folder = self.get_temp_dir()
         shutil.copy(REPO_ROOT / "reproduce.sh", folder)
         os.makedirs(os.path.join(folder, "results"))
@@ -130,6 +134,10 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         with open(os.path.join(folder, "python"), "w") as f:
             f.write(STUB_PYTHON.format(python=sys.executable))
         os.chmod(os.path.join(folder, "python"), 0o755)
+        return folder
+
+    def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
+        folder = self._reproduce_folder()
         committed = _sections((REPO_ROOT / "results" / "table.md").read_text())
         self.assertLen(committed, 7)
         table = os.path.join(folder, "results", "table.md")
@@ -181,6 +189,58 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(open(table).read(), after_first_run)
         self.assertEqual(sorted(os.listdir(os.path.join(folder, "results"))),
                          ["histories", "quadratic.png", "table.md"])
+
+    def test_reproduce_reuses_only_a_history_of_exactly_the_cases_settings(self):
+        # Issue 31, class 9: a history of another split or reset period was reused as the
+        # table's (the quadratic L2L row went from 0.085 to 1.162).
+        folder = self._reproduce_folder()
+        result, evaluations = self._reproduce(folder, "quadratic")
+        self.assertEqual((result.returncode, len(evaluations)), (0, 7), result.stderr)
+        self.assertIn("--state_reset_period=0", evaluations[0])  # Spelled out: it is recorded.
+        history = os.path.join(folder, "results", "histories", "quadratic_L2L.csv")
+        header, rows = open(history).read().split("\n", 1)
+        for other in ("split=validation", "state_reset_period=1"):
+            with open(history, "w") as f:  # evaluate.py's header of another evaluation.
+                f.write(header.replace(" state_reset_period=0", "" if "reset" in other else
+                                       " state_reset_period=0") + f" {other}\n" + rows)
+            result, evaluations = self._reproduce(folder, "quadratic")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertLen(evaluations, 1, other)
+            self.assertIn("--optimizer=L2L", evaluations[0])
+        # What the header says of how it ran, or what it found, is no setting.
+        with open(history) as f:
+            header, rows = f.read().split("\n", 1)
+        with open(history, "w") as f:
+            f.write(header + " mode=graph fixed_lambda=0.01\n" + rows)
+        self.assertEqual(self._reproduce(folder, "quadratic")[1], [])
+
+    def test_reproduce_runs_at_once_keep_every_section_and_splice_long_ones_at_once(self):
+        # Issue 31, class 10: two runs lost a section (no lock); a 200,000-line section took
+        # over 200 s to splice (a string copied at every line).
+        folder = self._reproduce_folder()
+        table = os.path.join(folder, "results", "table.md")
+        committed = _sections(open(table).read())
+        rows = 100000
+        start = time.monotonic()
+        runs = [subprocess.Popen([os.path.join(folder, "reproduce.sh"), case], cwd=folder,
+                                 env=dict(_env(), PYTHON=os.path.join(folder, "python"),
+                                          STUB_TABLE_ROWS=str(rows)),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for case in ("quadratic", "mnist", "mnist-40")]
+        for run in runs:
+            out, err = run.communicate(timeout=120)
+            self.assertEqual(run.returncode, 0, err)
+        self.assertLess(time.monotonic() - start, 60)
+        sections = _sections(open(table).read())
+        self.assertEqual(list(sections), list(committed))
+        for case in committed:
+            if case in ("quadratic", "mnist", "mnist-40"):
+                self.assertEqual(sections[case].count("\n| row "), rows, case)
+                self.assertIn(f"| row {rows - 1} |\n\n", sections[case])
+            else:
+                self.assertEqual(sections[case], committed[case])
+        self.assertEqual(sorted(os.listdir(os.path.join(folder, "results"))),
+                         ["histories", "mnist-40.png", "mnist.png", "quadratic.png", "table.md"])
 
     def test_7_histories_are_named_by_their_settings(self):
         directory = self.get_temp_dir()
