@@ -6,7 +6,9 @@ Nothing here imports TensorFlow, so that `plot.py` (which only reads CSV files) 
 
 import math
 import os
+import re
 import sys
+import textwrap
 import time
 import traceback
 
@@ -19,20 +21,45 @@ def run(main):
     """Wraps a CLI `main` for `absl.app.run`: a user error is one line and exit status 1.
 
     Only the project's own user errors (`util.UserError`: a bad flag, file or dataset) become one
-    line; any other exception is a bug and keeps its traceback, followed by a line saying so. Set
-    L2L_DEBUG=1 for the traceback of user errors too.
+    line; any other exception is a bug and keeps its traceback, followed by a line saying so. An
+    interrupt (Ctrl-C) is one line and status 130; a closed output pipe ends quietly. Set
+    L2L_DEBUG=1 for the traceback of user errors and interrupts too.
     """
     def wrapped(argv):
         from absl import flags, logging  # pylint: disable=import-outside-toplevel
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Library INFO lines (checkpoints) are noise.
+        program = os.path.basename(sys.argv[0])
+        if os.environ.get(util.SUPERVISOR) and not os.environ.get("L2L_DEBUG"):
+            # A crash is said by the supervisor in one line, not by absl's stack dump here.
+            import faulthandler  # pylint: disable=import-outside-toplevel
+            faulthandler.disable()
         try:
             return main(argv)
+        except util.OutOfMemoryError as e:
+            if os.environ.get("L2L_DEBUG"):
+                raise
+            # Every file is closed (the callers' `finally` ran); the interpreter's teardown is
+            # skipped: after a failed allocation TensorFlow's aborts (util.OutOfMemoryError).
+            print(f"{program}: error: {e}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)  # pylint: disable=protected-access
         except util.UserError as e:
             if os.environ.get("L2L_DEBUG"):
                 raise
-            sys.exit(f"{os.path.basename(sys.argv[0])}: error: {e}")
-        except (KeyboardInterrupt, SystemExit):
+            sys.exit(f"{program}: error: {e}")
+        except KeyboardInterrupt:  # Ctrl-C: every file is written whole, or not at all.
+            if os.environ.get("L2L_DEBUG"):
+                raise
+            sys.stdout.flush()
+            print(f"{program}: interrupted.", file=sys.stderr)
+            sys.exit(130)
+        except BrokenPipeError:  # The reader of the output went away (`| head`): stop quietly.
+            # Python's own advice: what is left for stdout goes nowhere, not into a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a process killed by it.
+        except SystemExit:
             raise
         except Exception:  # pylint: disable=broad-except
             traceback.print_exc()
@@ -42,23 +69,121 @@ def run(main):
     return wrapped
 
 
+def first_line(error, limit=120):
+    """The first line of an exception's message (TensorFlow's own `message`, without its
+    traceback of ops), at most `limit` characters, for a one-line error."""
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return (text.strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 
 
-def main(main_fn, doc, argv):
+def main(main_fn, doc, argv, crash_advice=None):
     """Runs a CLI: `--help` prints the module's docstring and flags and exits with status 0
-    (absl's own exits with 1); everything else goes through `absl.app.run(run(main_fn))`."""
+    (absl's own exits with 1); everything else goes through `absl.app.run(run(main_fn))`.
+
+    With `crash_advice` (what to lower, what is kept), the work runs in a child process
+    (`supervise`), so that a crash inside TensorFlow is one line too.
+    """
     from absl import app, flags  # pylint: disable=import-outside-toplevel
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(doc.strip() + "\n")
-        print(flags.FLAGS.get_help() if "--helpfull" in argv else
-              flags.FLAGS.main_module_help())
+        print(flags_help(full="--helpfull" in argv))
         sys.exit(0)
     try:  # A flag value absl refuses: one line naming the flag (absl adds a second one).
         flags.FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"{os.path.basename(argv[0])}: error: {e}")
+    if crash_advice and not os.environ.get(util.SUPERVISOR):
+        sys.exit(supervise(os.path.basename(argv[0]), crash_advice))
     app.run(run(main_fn), argv)
+
+
+# How a child that TensorFlow crashed ends, and why, for the one line.
+_CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV)", "SIGABRT": "TensorFlow aborted (SIGABRT)",
+            "SIGBUS": "TensorFlow crashed (SIGBUS)",
+            "SIGKILL": "the process was killed (SIGKILL), e.g. by the system's out-of-memory "
+                       "killer"}
+
+
+def supervise(program, crash_advice):
+    """Runs this command again in a child process, waits for it and returns its exit status;
+    a child killed by a signal is one line (`program: error: ...`, status 1).
+
+    Out of memory, TensorFlow may raise (the CLIs say so in one line) but its compiled code may
+    also crash the process (measured: SIGSEGV inside an XLA computation under `ulimit -v`), and
+    the system's out-of-memory killer ends it with SIGKILL; no Python code of that process runs
+    then. SIGINT, SIGTERM and SIGHUP sent to this process go to the child, which is in a process
+    group of its own (so that Ctrl-C reaches it once, through here); it dies with this process.
+    """
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    parent = os.getpid()
+    child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]],
+                             env=dict(os.environ, **{util.SUPERVISOR: str(parent)}),
+                             process_group=0,
+                             preexec_fn=lambda: _die_with_parent(parent))
+    forward = lambda signum, frame: child.send_signal(signum)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    returncode = child.wait()
+    if returncode >= 0:
+        return returncode
+    name = signal.Signals(-returncode).name
+    why = _CRASHES.get(name, f"the process died of {name}")
+    sys.stdout.flush()
+    return f"{program}: error: {why}; out of memory, most likely: {crash_advice}"
+
+
+def _die_with_parent(parent):
+    """In the child, before it runs: the kernel sends it SIGKILL when its parent dies (Linux), so
+    that killing the supervisor (even with SIGKILL) ends the work too."""
+    try:
+        import ctypes  # pylint: disable=import-outside-toplevel
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL.
+    except (OSError, AttributeError):
+        return  # Elsewhere the child may outlive a supervisor killed with SIGKILL.
+    if os.getppid() != parent:  # It died before the request: nobody waits for this child.
+        os._exit(1)  # pylint: disable=protected-access
+
+
+def flags_help(full=False, width=80):
+    """The flags' help as absl lays it out (the main module's key flags; `full`: every module's),
+    wrapped only at spaces: absl's wrapping broke names at hyphens and inside long words
+    ("cifar-" / "multi" in the list of --problem's values)."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from absl.flags import _helpers  # pylint: disable=import-outside-toplevel
+    values, main_module = flags.FLAGS, sys.argv[0]
+    if full:  # As absl orders them: the main module first, its own special flags last.
+        by_module = values.flags_by_module_dict()
+        names = sorted(sorted(by_module), key=lambda m: m != main_module)
+        modules = [(m, by_module[m]) for m in names]
+        special = _helpers.SPECIAL_FLAGS._flags()  # pylint: disable=protected-access
+        modules.append(("absl.flags", list(special.values())))
+    else:
+        modules = [(main_module, values.get_key_flags_for_module(main_module))]
+    wrap = lambda text, first, rest: textwrap.wrap(
+        text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False,
+        break_long_words=False) or [first.rstrip()]
+    lines, shown = [], set()
+    for module, module_flags in modules:
+        lines += ["", f"{module}:"]
+        for flag in sorted(module_flags, key=lambda f: f.name):
+            if (module, flag.name) in shown:
+                continue
+            shown.add((module, flag.name))
+            name = ((f"-{flag.short_name}," if flag.short_name else "")
+                    + (f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"))
+            # An enum's values, `<a|b-c|d>`, with spaces to wrap at between them.
+            text = re.sub(r"^<([^>]*)>", lambda m: "<" + " | ".join(m.group(1).split("|")) + ">",
+                          flag.help or "")
+            lines += wrap(f"{name}: {text}", "  ", "    ")
+            if flag.default_as_str:
+                lines += wrap(f"(default: {flag.default_as_str})", "    ", "    ")
+            if flag.parser.syntactic_help:
+                lines += wrap(f"({flag.parser.syntactic_help})", "    ", "    ")
+    return "\n".join(lines)
 
 
 def define_problem_flags():

@@ -30,6 +30,8 @@ LEARNED_NETS = ("CoordinateWiseDeepLSTM", "NormalizedMLP")
 # How meta.unroll's backward pass gets each optimizee step's values, and what each costs
 # (measured in bench/README.md): "steps" is the fastest on a CPU; "chunks" the smallest, and the
 # only one whose memory barely depends on the unroll length.
+# What a meta-training run that runs out of memory can lower.
+MEMORY_FLAGS = "--unroll_length, --meta_batch_size or the layers of --net_options"
 REMATERIALIZE = {"off": "keep every step's activations",
                  "steps": "keep each step's inputs, recompute the step",
                  "chunks": "keep the optimizee's gradients, replay chunks of coordinates"}
@@ -246,9 +248,8 @@ def with_optimizer_kind(net_config, kind, fixed_lambda=0.01, lambda_mode="per_co
     return result
 
 
-def with_net_options(net_config, options_json):
-    """`net_config` with JSON `options_json` merged into every learned network's options
-    (networks with weights: not the hand-designed Sgd and Adam).
+def parse_net_options(options_json):
+    """The JSON object of --net_options as a dict; train.py checks it before TensorFlow starts.
 
     Raises:
       util.FlagError: not a JSON object (the message names --net_options).
@@ -260,6 +261,17 @@ def with_net_options(net_config, options_json):
                              f"{options_json[:200]!r}.") from None
     if not isinstance(options, dict):
         raise util.FlagError(f"--net_options must be a JSON object, got {options_json[:200]!r}.")
+    return options
+
+
+def with_net_options(net_config, options_json):
+    """`net_config` with JSON `options_json` merged into every learned network's options
+    (networks with weights: not the hand-designed Sgd and Adam).
+
+    Raises:
+      util.FlagError: not a JSON object (`parse_net_options`).
+    """
+    options = parse_net_options(options_json)
     return {key: dict(config, net_options={**config.get("net_options", {}), **options})
             if config["net"] in _LSTM_NETS + LEARNED_NETS else config
             for key, config in net_config.items()}
@@ -279,7 +291,16 @@ def with_net(net_config, net):
             for key, config in net_config.items()}
 
 
-def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--path"):
+def _some(names, most=5):
+    """`a.l2l, b.l2l and 2998 more`: a folder's names, few enough for a one-line message."""
+    names = list(names)
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} and {len(names) - most} more"
+
+
+def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--path",
+                     kind_flag="--optimizer"):
     """`net_config` with each network's weights taken from `path`, a directory or a file.
 
     In a directory the files are named as `weights_file.file_name` says: `<key>.l2l` (L2L and
@@ -287,13 +308,14 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--pa
     network come from its file, which records what it was trained with.
 
     Raises:
-      util.FlagError: no file, or no way to choose between several; the message names `flag`
-        and lists what is there.
+      util.FlagError: no file, no way to choose between several, or one file of another kind
+        of optimizer; the message names `flag` (and `kind_flag`, the flag of `kind`) and lists
+        what is there.
     """
     if kind not in OPTIMIZER_KINDS:
         raise ValueError(f"Unknown optimizer kind {kind!r}; expected one of {OPTIMIZER_KINDS}.")
     if not os.path.exists(path):
-        raise util.FlagError(f"{flag} {path} does not exist.")
+        raise util.FlagError(f"{flag} {path} {util.unreachable(path)}.")
     result = {}
     for key, config in net_config.items():
         learned_net = config["net"] in _LSTM_NETS + LEARNED_NETS
@@ -306,6 +328,8 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--pa
                                  f"{sorted(net_config)}; pass the directory that holds them.")
         else:
             file_path = path
+            if learned_net:
+                _check_kind(file_path, kind, flag, kind_flag)
         if learned_net and net_kind == "L2L":
             # An L2L file may hold any learned network (the paper's LSTM, a NormalizedMLP):
             # the file says which.
@@ -314,6 +338,16 @@ def with_saved_paths(net_config, path, kind="L2L", fixed_lambda=None, flag="--pa
                 net = recorded
         result[key] = {"net": net, "net_path": file_path}
     return result
+
+
+def _check_kind(path, kind, flag, kind_flag):
+    """A file of another kind of optimizer than `kind` is one line naming the kind to ask for."""
+    saved = weights_file.load(path).net
+    kinds = {net: name for name, net in weights_file.KIND_NETS.items()}
+    if saved in kinds and kinds[saved] != kind:
+        raise util.FlagError(f"{flag} {path} holds a {saved} ({kind_flag}={kinds[saved]}), not "
+                             f"{kind_flag}={kind}'s {weights_file.KIND_NETS[kind]}; pass "
+                             f"{kind_flag}={kinds[saved]}.")
 
 
 def _choose_file(directory, key, kind, fixed_lambda):
@@ -331,7 +365,7 @@ def _choose_file(directory, key, kind, fixed_lambda):
         expected = (f"{key}fixed<lambda>.l2l" if kind == "fixed"
                     else weights_file.file_name(key, kind))
         raise util.FlagError(f"No {kind} optimizer for network {key!r} in {directory}: expected "
-                             f"{expected}, found {', '.join(present) or 'no .l2l file'}.")
+                             f"{expected}, found {_some(present) or 'no .l2l file'}.")
     if kind != "fixed":
         return candidates[0][0]
     if fixed_lambda is not None:
@@ -339,10 +373,10 @@ def _choose_file(directory, key, kind, fixed_lambda):
         if not chosen:
             raise util.FlagError(
                 f"No {weights_file.file_name(key, 'fixed', fixed_lambda)} in {directory}; it "
-                f"holds {', '.join(name for name, _ in candidates)}.")
+                f"holds {_some(name for name, _ in candidates)}.")
         return chosen[0]
     if len(candidates) > 1:
         raise util.FlagError(f"{directory} holds several fixed-lambda optimizers "
-                             f"({', '.join(name for name, _ in candidates)}); choose one with "
+                             f"({_some(name for name, _ in candidates)}); choose one with "
                              f"--fixed_lambda.")
     return candidates[0][0]

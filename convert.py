@@ -41,8 +41,8 @@ def _inputs(path):
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
-        raise util.FlagError(f"--path {path} does not exist." if not os.path.lexists(path) else
-                             f"--path {path} cannot be read: {e.strerror}.") from None
+        raise util.FlagError(f"--path {path} {util.unreachable(path) or e.strerror}."
+                             ) from None
     if not stat.S_ISREG(mode):
         raise util.FlagError(f"--path {path} is {util.describe_mode(mode)}; give a .l2l file or "
                              f"a folder of them.")

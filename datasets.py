@@ -409,6 +409,24 @@ def _missing_error(name, folders, reason):
                         f"{reason}). To fix, {', or '.join(ways)}.")
 
 
+def check_data_dir(data_dir):
+    """A `data_dir` given must be a folder: a mistyped one would otherwise fall through to
+    tensorflow_datasets, which answers only after trying the network (about 12 s offline).
+
+    Raises:
+      DatasetError: it does not exist or is not a folder (one line naming --data_dir).
+    """
+    if data_dir is None:
+        return
+    path = pathlib.Path(data_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"--data_dir {data_dir} is not a folder; pass the folder that holds "
+                           f"the dataset's files.")
+    if not path.exists():
+        raise DatasetError(f"--data_dir {data_dir} {util.unreachable(path)}; fix the path, or "
+                           f"create the folder for tensorflow_datasets to download into.")
+
+
 def _find_and_read(name, part, data_dir):
     """(x, y, source) of the official `part`: the first folder holding `name`, else tfds."""
     folders = _candidate_dirs(name, data_dir)
@@ -515,7 +533,8 @@ def load(name, split, data_dir=None):
 
     Raises:
         ValueError: unknown `name` or `split`.
-        DatasetError: the dataset is nowhere to be found, or a file found is broken.
+        DatasetError: `data_dir` is not a folder, the dataset is nowhere to be found, or a file
+          found is broken.
     """
     if name not in NAMES:
         raise ValueError(f"Unknown dataset {name!r}; expected one of {list(NAMES)}.")
@@ -524,6 +543,7 @@ def load(name, split, data_dir=None):
     if name == "iris":
         x, y = _load_iris()[split]
         return x[:], y[:]  # Views: a caller cannot flip a view of a read-only base writable.
+    check_data_dir(data_dir)
     part = "test" if split == "test" else "train"
     x, y, source = _find_and_read(name, part, data_dir)
     if split == "test":

@@ -15,11 +15,11 @@ import os
 import sys
 
 from absl import flags
-from absl import logging
 import numpy as np
 
 import cli
 import configs
+import datasets
 import util
 
 FLAGS = flags.FLAGS
@@ -29,6 +29,9 @@ flags.DEFINE_enum("optimizer", "L2L", list(configs.OPTIMIZER_KINDS) + list(confi
                   "Optimizer to evaluate: learned (L2L, fixed or learned lambda) or one of "
                   "TensorFlow's (Adam, RMSprop, SGD, NAG).")
 flags.DEFINE_string("path", None, "Saved optimizer: a directory of .l2l files, or one file.")
+flags.DEFINE_boolean("untrained", False, "Evaluate a learned kind of optimizer with the networks' "
+                     "initial (random) weights instead of a saved one (--path): a baseline for "
+                     "what meta-training gains.")
 flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed optimizer.")
 flags.DEFINE_list("learning_rates", None, "A grid of learning rates for a hand-designed "
                   "optimizer, e.g. 0.001,0.003,0.01,0.03,0.1: each runs --tune_epochs epochs on "
@@ -90,6 +93,7 @@ def _check_flags(argv):
     cli.check_no_arguments(argv)
     cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
     cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
+    datasets.check_data_dir(FLAGS.data_dir)  # Before TensorFlow starts, not after a download.
     applies = _applicable_flags()
     for name in _BASELINE_FLAGS + _LEARNED_FLAGS + _LAMBDA_FLAGS:
         if FLAGS[name].present and name not in applies:
@@ -98,6 +102,20 @@ def _check_flags(argv):
             what = (f"a saved {FLAGS.optimizer} optimizer records it" if saved
                     else f"it does not apply to --optimizer={FLAGS.optimizer}")
             raise util.FlagError(f"--{name}: {what}; remove it.")
+    if FLAGS.optimizer in configs.OPTIMIZER_KINDS and FLAGS.path is None and not FLAGS.untrained:
+        # An untrained network's numbers look like results: only an explicit flag gets them.
+        shipped = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_optimizers",
+                               FLAGS.problem)
+        if not os.path.relpath(shipped).startswith(os.pardir):
+            shipped = os.path.relpath(shipped)
+        example = f", such as {shipped}" if os.path.isdir(shipped) else ""
+        raise util.FlagError(f"--optimizer={FLAGS.optimizer} needs --path, a saved optimizer (a "
+                             f"folder of .l2l files or one file{example}); pass --untrained to "
+                             f"evaluate untrained networks on purpose.")
+    if FLAGS.untrained and (FLAGS.path is not None or FLAGS.optimizer in configs.BASELINES):
+        what = ("--path loads trained weights" if FLAGS.path is not None else
+                f"it does not apply to --optimizer={FLAGS.optimizer}")
+        raise util.FlagError(f"--untrained: {what}; remove it.")
     if not FLAGS["learning_rates"].present:
         if FLAGS["tune_epochs"].present:
             raise util.FlagError("--tune_epochs: it applies to a --learning_rates grid only; "
@@ -123,8 +141,7 @@ def _learned_optimizer(config):
     optimizer files it loaded."""
     import meta  # pylint: disable=import-outside-toplevel
     net_config = config.net_config
-    if FLAGS.path is None:
-        logging.warning("Evaluating untrained %s optimizer", FLAGS.optimizer)
+    if FLAGS.path is None:  # --untrained (checked by _check_flags).
         fixed_lambda = 0.01 if FLAGS.fixed_lambda is None else FLAGS.fixed_lambda
         net_config = configs.with_optimizer_kind(net_config, FLAGS.optimizer, fixed_lambda,
                                                  FLAGS.lambda_mode, FLAGS.lambda_max)
@@ -166,11 +183,25 @@ def _learned_epochs(optimizer, config, unroll_length, seeds):
                                  net_assignments=config.net_assignments,
                                  state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode,
                                  meta_batch_size=batch_size)
+    _check_memory(unroll, batch_size)
     epochs = []
     for first in range(0, len(seeds), batch_size):
         epochs += meta.run_epochs(unroll, FLAGS.num_steps // unroll_length,
                                   np.stack(seeds[first:first + batch_size]))
     return epochs, unroll.mode
+
+
+def _check_memory(unroll, batch_size):
+    """A one-line error, before anything is compiled, when the epochs run at once hold more than
+    this process can still take: out of memory, XLA may abort rather than raise."""
+    needed, headroom = unroll.live_bytes(), util.memory_headroom()
+    if headroom is None or needed <= headroom:
+        return
+    fit = max(1, headroom * batch_size // needed)
+    raise util.FlagError(f"--eval_batch_size={FLAGS.eval_batch_size} runs {batch_size} epochs "
+                         f"at once, which hold at least {needed / 2**30:.1f} GiB, more than the "
+                         f"{headroom / 2**30:.1f} GiB this process can still take; lower "
+                         f"--eval_batch_size (at most {fit} fit).")
 
 
 def _tune_learning_rate(grid, unroll_length):
@@ -255,7 +286,11 @@ def main(argv):
         mode, settings = unroll.mode, f"learning_rate={learning_rate!r}{tuned}"
     else:
         optimizer, fixed_lambda, files = _learned_optimizer(config)
-        epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
+        try:
+            epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
+        except (util.import_tensorflow().errors.ResourceExhaustedError, MemoryError) as e:
+            raise util.OutOfMemoryError(f"Out of memory ({cli.first_line(e)}); lower "
+                                        f"--eval_batch_size. No history was written.") from None
         # The files' contents, not only their names: reproduce.sh re-evaluates a history whose
         # optimizer file has since been replaced, whatever the files' modification times.
         digests = ",".join(_file_digest(f) for f in files)
@@ -281,4 +316,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.main(main, __doc__, sys.argv)
+    cli.main(main, __doc__, sys.argv,
+             crash_advice="lower --eval_batch_size. No history was written.")

@@ -925,11 +925,7 @@ class Unroll:
         """
         if self.optimizer is None:
             return 0
-        params = _shapes_only(self._share)
-        state = tf.nest.flatten(initial_states(self._groups, params))
-        state_bytes = sum(t.shape.num_elements() * t.dtype.size for t in state)
-        gradient_bytes = sum(p.shape.num_elements() * p.dtype.size
-                             for instance in params for p in instance)
+        state_bytes, gradient_bytes = self._share_bytes()
         mode = self.rematerialize
         if mode == "chunks" and _separable(self._groups, parameter_counts(self._share)):
             per_share = gradient_bytes
@@ -937,9 +933,29 @@ class Unroll:
             per_share = 3 * state_bytes + gradient_bytes
         else:
             per_share = state_bytes + gradient_bytes
+        return per_share * self._shares_here()
+
+    def live_bytes(self):
+        """At least the bytes this process's instances hold at every step, with or without a
+        meta-gradient: the networks' states and the optimizee's parameters and gradients. What
+        a large meta-batch of evaluation epochs runs out of memory on."""
+        state_bytes, gradient_bytes = self._share_bytes()
+        return (state_bytes + 2 * gradient_bytes) * self._shares_here()
+
+    def _share_bytes(self):
+        """`(bytes of the networks' state, bytes of the optimizees' gradients)` of one replica's
+        share of the instances (all of them without a strategy)."""
+        params = _shapes_only(self._share)
+        state = tf.nest.flatten(initial_states(self._groups, params))
+        return (sum(t.shape.num_elements() * t.dtype.size for t in state),
+                sum(p.shape.num_elements() * p.dtype.size for instance in params
+                    for p in instance))
+
+    def _shares_here(self):
+        """The replicas' shares of the meta-batch that this process unrolls."""
         if self.strategy is None:
-            return per_share
-        return per_share * len(self.strategy.extended.worker_devices)
+            return 1
+        return len(self.strategy.extended.worker_devices)
 
     def reset(self, seed):
         """Starts an epoch: new parameters, data and zero states.

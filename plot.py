@@ -1,4 +1,4 @@
-"""Plots and tabulates evaluation histories (the CSV files that evaluate.py writes).
+r"""Plots and tabulates evaluation histories (the CSV files that evaluate.py writes).
 
     python plot.py --histories=saved_histories/mnist_L2L_x.csv,saved_histories/mnist_Adam_tuned.csv \
         --output=figures/mnist.pdf

@@ -540,17 +540,26 @@ def keras_problem(build_model, x, y, loss, batch_size=128, validation_data=None,
     """
     import keras  # pylint: disable=import-outside-toplevel  # Only this problem needs Keras.
 
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y) or not len(x):
-        raise ValueError(f"keras_problem needs as many targets as examples, got {len(x)} "
-                         f"examples and {len(y)} targets.")
-    model = build_model()
-    if not model.built:
-        raise ValueError("keras_problem needs a built model: give it an input shape (e.g. "
-                         "start a Sequential with keras.Input(shape)).")
+    # Checked before anything is built: a NaN example, an empty batch or misaligned validation
+    # arrays would otherwise give NaN or silently wrong (XLA clamps gathers) losses, not errors.
+    x, y = _examples(x, y)
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError(f"keras_problem's validation_data must be a pair (x, y), got "
+                             f"{type(validation_data).__name__}.")
+        validation_data = _examples(*validation_data, "validation_data")
+        for name, train, held_out in zip("xy", (x, y), validation_data):
+            if train.shape[1:] != held_out.shape[1:]:
+                raise ValueError(f"keras_problem's validation_data {name} has examples of shape "
+                                 f"{held_out.shape[1:]}, the training {name} {train.shape[1:]}.")
+    if (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
+            or batch_size < 1):
+        raise ValueError(f"keras_problem's batch_size must be a whole number of examples, at "
+                         f"least 1, got {batch_size!r}.")
+    model = _built_model(keras, build_model)
     # The same model again with its variables left uninitialized, to keep its initializers.
     with keras.StatelessScope(initialize_variables=False):
-        blueprint = build_model()
+        blueprint = _built_model(keras, build_model)
     initializers = []
     for variable in blueprint.trainable_variables:
         initializer = getattr(variable, "_initializer", None)
@@ -564,8 +573,7 @@ def keras_problem(build_model, x, y, loss, batch_size=128, validation_data=None,
     loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
     train = (tf.constant(x), tf.constant(y))
     held_out = (None if validation_data is None else
-                (tf.constant(np.asarray(validation_data[0])),
-                 tf.constant(np.asarray(validation_data[1]))))
+                tuple(tf.constant(a) for a in validation_data))
 
     def init(seed):
         values = []
@@ -590,6 +598,38 @@ def keras_problem(build_model, x, y, loss, batch_size=128, validation_data=None,
         loss=loss_,
         sample_validation=(None if held_out is None else lambda seed, step: _batch(
             held_out, batch_size, seed, _VALIDATION_BATCH, step)))
+
+
+def _examples(x, y, argument=None):
+    """`(x, y)` as arrays of numbers of equal, non-zero length with finite values, or a
+    ValueError naming keras_problem's argument (None: its x and y; "validation_data")."""
+    x, y = np.asarray(x), np.asarray(y)
+    prefix = f"{argument}'s " if argument else ""
+    for name, array in ((f"{prefix}x", x), (f"{prefix}y", y)):
+        if array.dtype.kind not in "biuf" or not array.ndim:
+            raise ValueError(f"keras_problem's {name} must be an array of numbers, one row per "
+                             f"example; got {array.dtype} of shape {array.shape}.")
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise ValueError(f"keras_problem's {name} holds {bad} NaN or infinite values, so "
+                             f"the losses would not be finite; clean or drop those examples.")
+    if len(x) != len(y) or not len(x):
+        where = f" in {argument}" if argument else ""
+        raise ValueError(f"keras_problem needs as many targets as examples{where}, got "
+                         f"{len(x)} examples and {len(y)} targets.")
+    return x, y
+
+
+def _built_model(keras, build_model):
+    """`build_model()`, checked to be a built Keras model."""
+    model = build_model()
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"keras_problem's build_model must return a keras.Model, got "
+                         f"{type(model).__name__}.")
+    if not model.built:
+        raise ValueError("keras_problem needs a built model: give it an input shape (e.g. "
+                         "start a Sequential with keras.Input(shape)).")
+    return model
 
 
 def _seeded_initializer(keras, initializer):

@@ -10,8 +10,10 @@
 # tensorflow_datasets). They are separate because the two datasets' files have the same names.
 # Histories go to results/histories/, plots to results/<case>.png, the table to
 # results/table.md: the cases run replace their own sections of it, the others stay as they are.
-# A history is reused when its header records the settings asked for (and, for a learned
-# optimizer, the SHA-256 of the file's content); else it is evaluated again.
+# A history is reused when its header records exactly the settings asked for, no other (a history
+# of another split or reset period is not the table's), and, for a learned optimizer, the
+# SHA-256 of the file's content; else it is evaluated again. Runs at once may share results/:
+# each replaces its sections of the table under a lock, and no section is lost.
 # Every run uses --seed=0: all optimizers see the same problems and batches. About 8 minutes per
 # 100-step MNIST-sized problem on one CPU core.
 set -euo pipefail
@@ -50,8 +52,8 @@ mkdir -p $OUT/histories
 tmp=$(mktemp -d "$OUT/.reproduce.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-up_to_date() {  # history, then evaluate.py flags: whether the history is of those settings
-  local history=$1 header flag
+up_to_date() {  # history, then evaluate.py flags: whether the history is of exactly those settings
+  local history=$1 header flag field
   header=" $(head -n 1 "$history") "  # evaluate.py's '# optimizer=... problem=... ...' line.
   shift
   for flag in "$@"; do
@@ -61,6 +63,13 @@ up_to_date() {  # history, then evaluate.py flags: whether the history is of tho
     if [[ $flag == --path=* ]]; then
       [[ $header == *" sha256=$(sha256sum "${flag#--path=}" | cut -c1-16) "* ]] || return 1
     fi
+  done
+  for field in $header; do  # And nothing else defines it: every setting recorded was asked for.
+    case $field in
+      # How it ran or what it found: the compilation, the tuned rate, the file's digest, lambda.
+      mode=*|learning_rate=*|sha256=*|fixed_lambda=*) ;;
+      *=*) [[ " $* " == *" --$field "* ]] || return 1;;
+    esac  # Other words are prose ("chosen from ... on ... validation epochs").
   done
 }
 
@@ -79,25 +88,52 @@ evaluate() {  # name, then the evaluate.py flags that define the evaluation
 
 splice() {  # case name, file of its section: its section of the table replaced (CASES order)
   local table=$OUT/table.md
-  if [ ! -f $table ]; then : > $table; fi
-  # A section runs from its '### <case> (...)' line to the next; the rest of the file (blank
-  # lines between sections) is rewritten the way every section is written: a blank line first.
-  awk -v name="$1" -v order="${names[*]}" '
-    function emit(key,  text) {
-      text = sections[key]; sub(/\n+$/, "", text); printf "\n%s\n", text; done[key] = 1
-    }
-    FNR == 1 { input++; key = "" }
-    /^### / {  # The old section of the case is dropped: the second file holds its new one.
-      key = (input == 1 && $2 == name) ? "" : $2
-      if (key != "" && !(key in sections)) seen[++count] = key
-    }
-    key != "" { sections[key] = sections[key] $0 "\n" }
-    END {  # The cases in their order, then any other section where it was.
-      n = split(order, ordered, " ")
-      for (i = 1; i <= n; i++) if (ordered[i] in sections) emit(ordered[i])
-      for (i = 1; i <= count; i++) if (!(seen[i] in done)) emit(seen[i])
-    }' $table "$2" > "$tmp/table.md"
-  mv "$tmp/table.md" $table
+  # Read, rewritten and replaced under a lock on results/ (held until the subshell ends): another
+  # reproduce.sh splicing at the same time would otherwise replace the table with one that lacks
+  # this section.
+  (
+    lock 9
+    if [ ! -f $table ]; then : > $table; fi
+    # A section runs from its '### <case> (...)' line to the next; the rest of the file (blank
+    # lines between sections) is rewritten the way every section is written: a blank line first.
+    # Lines are kept one array entry each (appending to a string copied it at every line).
+    awk -v name="$1" -v order="${names[*]}" '
+      function emit(key,  i, last) {
+        last = size[key]
+        while (last > 0 && lines[key, last] == "") last--  # Its trailing blank lines.
+        printf "\n"
+        for (i = 1; i <= last; i++) print lines[key, i]
+        done[key] = 1
+      }
+      FNR == 1 { input++; key = "" }
+      /^### / {  # The old section of the case is dropped: the second file holds its new one.
+        key = (input == 1 && $2 == name) ? "" : $2
+        if (key != "" && !(key in size)) seen[++count] = key
+      }
+      key != "" { lines[key, ++size[key]] = $0 }
+      END {  # The cases in their order, then any other section where it was.
+        n = split(order, ordered, " ")
+        for (i = 1; i <= n; i++) if (ordered[i] in size) emit(ordered[i])
+        for (i = 1; i <= count; i++) if (!(seen[i] in done)) emit(seen[i])
+      }' $table "$2" > "$tmp/table.md"
+    mv "$tmp/table.md" $table
+  ) 9< "$OUT"
+}
+
+lock() {  # file descriptor: an exclusive lock on what it is open on, released when it is closed
+  if command -v flock > /dev/null; then
+    flock "$1"
+    return
+  fi
+  # Without flock(1) (macOS): a lock folder naming its holder, taken over when that is gone.
+  until mkdir "$OUT/.table.lock" 2> /dev/null; do
+    if ! kill -0 "$(cat "$OUT/.table.lock/pid" 2> /dev/null || echo 0)" 2> /dev/null; then
+      rm -rf "$OUT/.table.lock"
+    fi
+    sleep 0.1
+  done
+  echo $BASHPID > "$OUT/.table.lock/pid"
+  trap 'rm -rf "$OUT/.table.lock"' EXIT
 }
 
 for case in "${CASES[@]}"; do
@@ -111,7 +147,8 @@ for case in "${CASES[@]}"; do
       L2L) file=cw.l2l;; fixed) file=cwfixed0.01.l2l;; learned) file=cwlearned.l2l;;
     esac
     if [ -f saved_optimizers/$saved/$file ]; then
-      evaluate ${name}_$kind "${common[@]}" --optimizer=$kind --path=saved_optimizers/$saved/$file
+      evaluate ${name}_$kind "${common[@]}" --optimizer=$kind --path=saved_optimizers/$saved/$file \
+        --state_reset_period=0
       histories+=($OUT/histories/${name}_$kind.csv)
     fi
   done
@@ -122,7 +159,9 @@ for case in "${CASES[@]}"; do
     histories+=($OUT/histories/${name}_$baseline.csv)
   done
   joined=$(IFS=,; echo "${histories[*]}")
-  "$PYTHON" plot.py --histories="$joined" --output="$tmp/$name.png" --title="$name ($steps steps)"
+  # Drawn in $tmp, then moved: plot.py's line naming the temporary file would mislead.
+  "$PYTHON" plot.py --histories="$joined" --output="$tmp/$name.png" --title="$name ($steps steps)" \
+    | sed '/^Plot written to /d'
   { echo; echo "### $name ($steps steps)"; echo; "$PYTHON" plot.py --histories="$joined" --table
   } > "$tmp/$name.md"
   mv "$tmp/$name.png" $OUT/$name.png

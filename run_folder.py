@@ -1,6 +1,8 @@
 """A meta-training run's folder (`train.py --save_path`): nothing in it is lost or mixed up.
 
-    DIR/run.json        the flags that define the run (a resume must match them) and its id
+    DIR/run.json        the flags that define the run (a resume must match them), its id, and
+                        for a run from --initial_path its networks' options (a resume rebuilds
+                        them from here: it never reads that file, which may since be gone)
     DIR/.lock           held by the live run (an exclusive lock the OS releases when it dies)
     DIR/best -> .best-N the best optimizer files of evaluation N, switched as one unit
     DIR/cw.l2l          -> best/cw.l2l (one link per network, so `--path=DIR` finds them)
@@ -60,8 +62,11 @@ class RunFolder:
                   f"run's to {path} (the chief's).")
 
     @classmethod
-    def open(cls, path, flags_of_run, restart=False, chief=True):
+    def open(cls, path, flags_of_run, restart=False, chief=True, networks=None):
         """Checks, locks and (for a new run) creates `path`; returns the open folder.
+
+        `networks` (`{key: {"net": class name, "net_options": {...}}}`), recorded for a new run,
+        is what `recorded_networks` gives its resumes.
 
         Raises:
           util.FlagError: `path` is not a folder, is in use, or holds another run or foreign
@@ -79,17 +84,33 @@ class RunFolder:
                        None)
         try:
             os.makedirs(path, exist_ok=True)
-        except OSError as e:
-            raise util.FlagError(f"--save_path {path} cannot be created: {e.strerror}.") from None
+        except OSError as e:  # A dangling or looping link says "File exists".
+            reason = ((util.unreachable(path) if os.path.islink(path) else None)
+                      or f"cannot be created: {e.strerror}")
+            raise util.FlagError(f"--save_path {path} {reason}.") from None
         lock_fd = _lock(path)
         try:
-            run_id, resuming = _open_run(path, flags_of_run, restart)
+            run_id, resuming = _open_run(path, flags_of_run, restart, networks)
             folder = cls(path, run_id, resuming, True, lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
         folder._remove_leftovers()  # pylint: disable=protected-access
         return folder
+
+    def discard_unstarted(self):
+        """Removes the record of a run this process created and that saved nothing (no
+        checkpoint, no best optimizer), so that the command corrected (e.g. for less memory)
+        starts it anew instead of having to --restart; returns whether it did (the chief only).
+        """
+        checkpoints = self.checkpoint_dir
+        if (not self.chief or self.resuming or self.best_files()
+                or (os.path.isdir(checkpoints) and os.listdir(checkpoints))):
+            return False
+        if os.path.isdir(checkpoints):
+            os.rmdir(checkpoints)
+        os.remove(os.path.join(self.path, RUN_FILE))
+        return True
 
     def close(self):
         """Releases the lock; a worker's scratch folder (its unread checkpoints) goes."""
@@ -230,7 +251,7 @@ def _lock(path):
                                  ) from None
         raise
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{util.command_pid()}\n".encode(), 0)  # The process the user started.
     return fd
 
 
@@ -247,16 +268,33 @@ def _read_run(path):
     except (ValueError, RecursionError) as e:
         raise util.FileFormatError(f"{run_file} is damaged ({str(e)[:100]}); pass --restart to "
                                    f"start over.") from None
+    networks = run.get("networks") if isinstance(run, dict) else None
     if (not isinstance(run, dict) or not isinstance(run.get("run_id"), str)
             or not isinstance(run.get("flags"), dict)
             or not all(isinstance(v, (str, int, float, bool, type(None)))
-                       for v in run["flags"].values())):
+                       for v in run["flags"].values())
+            or not (networks is None or (isinstance(networks, dict) and all(
+                isinstance(net, dict) and set(net) == {"net", "net_options"}
+                and isinstance(net["net"], str) and isinstance(net["net_options"], dict)
+                for net in networks.values())))):
         raise util.FileFormatError(f"{run_file} is damaged (not a run record); pass --restart to "
                                    f"start over.")
     return run
 
 
-def _open_run(path, flags_of_run, restart):
+def recorded_networks(path):
+    """The networks' options the run in `path` recorded (a run from --initial_path), for its
+    resume; None without a run or such a record (runs recorded before it was).
+
+    Raises:
+      util.FileFormatError: `run.json` is damaged.
+    """
+    if not (os.path.isdir(path) and _has_run(path)):
+        return None
+    return _read_run(path).get("networks")
+
+
+def _open_run(path, flags_of_run, restart, networks=None):
     """Checks or creates the run file; returns `(run_id, resuming)`."""
     if restart:
         shutil.rmtree(os.path.join(path, CHECKPOINTS), ignore_errors=True)
@@ -276,8 +314,10 @@ def _open_run(path, flags_of_run, restart):
         raise util.FlagError(f"--save_path {path} holds saved optimizers but no run to "
                              f"resume; choose a new folder, or pass --restart to train into it.")
     run_id = uuid.uuid4().hex
-    util.atomic_write(os.path.join(path, RUN_FILE),
-                      json.dumps({"run_id": run_id, "flags": flags_of_run}, indent=1).encode(),
+    record = {"run_id": run_id, "flags": flags_of_run}
+    if networks is not None:
+        record["networks"] = networks
+    util.atomic_write(os.path.join(path, RUN_FILE), json.dumps(record, indent=1).encode(),
                       what="run file")
     return run_id, False
 

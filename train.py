@@ -19,6 +19,7 @@ from absl import flags
 
 import cli
 import configs
+import datasets
 
 FLAGS = flags.FLAGS
 cli.define_problem_flags()
@@ -105,6 +106,9 @@ def _check_flags(argv):
             kinds = " and ".join(k for k, v in configs.KIND_FLAGS.items() if name in v)
             raise util.FlagError(f"--{name} does not apply to --which_aml={FLAGS.which_aml}; "
                                  f"remove it (it is for {kinds}).")
+    datasets.check_data_dir(FLAGS.data_dir)  # Before TensorFlow starts, not after a download.
+    if FLAGS.net_options is not None:  # Before TensorFlow's start-up and any other output.
+        configs.parse_net_options(FLAGS.net_options)
     if FLAGS.initial_path:
         for name in ("net_options", "lambda_mode", "lambda_max"):
             if given(name):
@@ -162,11 +166,15 @@ def main(argv):
     flags_of_run = training.run_flags(FLAGS, objective)
     print(f"Meta-objective: {objective} ({training.OBJECTIVES[objective]}).")
     built = training.build(FLAGS, config, objective, strategy)  # Before the folder changes.
+    meta_batch = training.describe_meta_batch(FLAGS.meta_batch_size, strategy)
+    if meta_batch:
+        print(meta_batch)
     if FLAGS.save_path is None:
         print("Nothing will be saved: pass --save_path=DIR to keep the best optimizer and "
               "checkpoints (and to resume).")
-    folder = (run_folder.RunFolder.open(FLAGS.save_path, flags_of_run, FLAGS.restart, chief)
-              if FLAGS.save_path else None)
+    networks = training.network_record(built.optimizer) if FLAGS.initial_path else None
+    folder = (run_folder.RunFolder.open(FLAGS.save_path, flags_of_run, FLAGS.restart, chief,
+                                        networks) if FLAGS.save_path else None)
     try:
         return training.train(FLAGS, built, num_unrolls, folder)
     finally:
@@ -175,4 +183,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.main(main, __doc__, sys.argv)
+    cli.main(main, __doc__, sys.argv, crash_advice=(
+        f"lower {configs.MEMORY_FLAGS} (a new run: pass --restart or another --save_path). A "
+        f"--save_path keeps its last checkpoint."))

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import resource
 import shutil
 import signal
 import stat
@@ -34,6 +33,7 @@ import estimators  # noqa: E402  pylint: disable=wrong-import-position
 import meta  # noqa: E402  pylint: disable=wrong-import-position
 import task_families  # noqa: E402  pylint: disable=wrong-import-position
 import networks  # noqa: E402  pylint: disable=wrong-import-position
+import run_folder  # noqa: E402  pylint: disable=wrong-import-position
 import weights_file  # noqa: E402  pylint: disable=wrong-import-position
 
 OBJECTIVES = {"train": "the optimizee's losses on its training batches",
@@ -49,8 +49,6 @@ EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 # whole 400-step epochs keep about 2 GiB. Only --rematerialize=chunks keeps so little per step
 # (the gradients) that longer unrolls are reasonable.
 MAX_UNROLL_LENGTH = 1000
-# What a run that exhausts memory can lower.
-_MEMORY_FLAGS = "--unroll_length, --meta_batch_size or the layers of --net_options"
 
 
 def check_flags(flags):
@@ -108,6 +106,28 @@ def make_strategy(name):
     return tf.distribute.MultiWorkerMirroredStrategy(), chief
 
 
+def describe_meta_batch(meta_batch_size, strategy):
+    """One line saying how --meta_batch_size and --strategy took effect (None for one instance
+    without a strategy): instances per meta-update, replicas, workers and this process's
+    devices."""
+    if strategy is None:
+        return (None if meta_batch_size == 1 else
+                f"Meta-batch: {meta_batch_size} problem instances per meta-update, on one "
+                f"device.")
+    replicas = strategy.num_replicas_in_sync
+    devices = ", ".join(name.split("/device:")[-1] for name in strategy.extended.worker_devices)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is not None and resolver.task_type is not None:
+        workers = sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values())
+        where = (f"multi_worker: {workers} workers; this one, {resolver.task_type} "
+                 f"{resolver.task_id}, on {devices}")
+    else:
+        where = f"mirrored on {devices}"
+    share = ("on 1 replica" if replicas == 1 else
+             f"{meta_batch_size // replicas} on each of {replicas} replicas")
+    return f"Meta-batch: {meta_batch_size} problem instances per meta-update, {share} ({where})."
+
+
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a request to stop after the current epoch; a second one aborts."""
 
@@ -149,38 +169,16 @@ def build(flags, config, objective, strategy):
         built = Built(*_build(flags, config, objective, strategy))
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
         raise _out_of_memory(e) from None
-    check_memory(flags, built.minimize, memory_limit())
+    check_memory(flags, built.minimize, util.memory_headroom())
     return built
 
 
-def memory_limit():
-    """The most bytes this process can use, or None if unknown: the least of the machine's
-    memory, its control group's limit (cgroup v2 or v1) and the address-space limit."""
-    limits = []
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path, encoding="ascii") as f:
-                text = f.read(64).strip()
-        except OSError:
-            continue
-        if text.isdigit():  # "max" (v2) means none; v1 says none with a huge number.
-            limits.append(int(text))
-    address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if address_space != resource.RLIM_INFINITY:
-        limits.append(address_space)
-    return min(limits) if limits else None
-
-
-def check_memory(flags, minimize, limit):
-    """A one-line error when the meta-gradient of an unroll would keep more than `limit` bytes:
-    XLA, out of memory, may crash the process rather than raise."""
+def check_memory(flags, minimize, headroom):
+    """A one-line error when the meta-gradient of an unroll would keep more than the `headroom`
+    bytes this process can still take (`util.memory_headroom`): refused before anything is
+    compiled, rather than out of memory after the compilation."""
     kept = minimize.kept_bytes_per_step() * flags.unroll_length
-    if limit is None or kept <= limit:
+    if headroom is None or kept <= headroom:
         return
     instead = {"off": ", or --rematerialize=steps",
                "steps": ", or --rematerialize=chunks (for one coordinatewise network: memory that "
@@ -188,7 +186,29 @@ def check_memory(flags, minimize, limit):
     raise util.FlagError(
         f"--unroll_length={flags.unroll_length} with --meta_batch_size={flags.meta_batch_size} "
         f"keeps at least {kept / 2**30:.1f} GiB for the meta-gradient, more than the "
-        f"{limit / 2**30:.1f} GiB this process may use; lower {_MEMORY_FLAGS}{instead}.")
+        f"{headroom / 2**30:.1f} GiB this process can still take; lower {configs.MEMORY_FLAGS}"
+        f"{instead}.")
+
+
+def network_record(optimizer):
+    """`{key: {"net": class name, "net_options": {...}}}`: what rebuilds `optimizer`'s networks
+    (with other weights), as `run_folder` records it for a run from --initial_path."""
+    return {key: {"net": type(net).__name__, "net_options": net.options}
+            for key, net in optimizer.nets.items()}
+
+
+def resumed_networks(flags):
+    """The networks of a run from --initial_path that resumes from a checkpoint, as its run.json
+    records them (`network_record`): the checkpoint's weights replace any, so the file is not
+    read (it may be gone). None for other runs, and records from before networks were kept.
+    """
+    if not (flags.save_path and flags.initial_path and not flags.restart):
+        return None
+    directory = os.path.join(flags.save_path, run_folder.CHECKPOINTS)
+    if not (os.path.isdir(directory)
+            and any(_CHECKPOINT_INDEX.fullmatch(name) for name in os.listdir(directory))):
+        return None  # The run starts, or starts again, from the file's weights.
+    return run_folder.recorded_networks(flags.save_path)
 
 
 def _build(flags, config, objective, strategy):
@@ -200,10 +220,13 @@ def _build(flags, config, objective, strategy):
         net_config = configs.with_net(net_config, flags.net)
     if flags.net_options:
         net_config = configs.with_net_options(net_config, flags.net_options)
-    if flags.initial_path:
-        # Only a new run starts from the file: a resumed one restores its checkpoint over it.
+    recorded = resumed_networks(flags)
+    if recorded:
+        net_config = recorded  # Random weights, which the checkpoint's replace.
+    elif flags.initial_path:
         net_config = configs.with_saved_paths(net_config, flags.initial_path, flags.which_aml,
-                                              flags.fixed_lambda, flag="--initial_path")
+                                              flags.fixed_lambda, flag="--initial_path",
+                                              kind_flag="--which_aml")
     replicas = strategy.num_replicas_in_sync if strategy else 1
     # ES and PES share out their perturbations, truncated backpropagation its instances.
     if flags.estimator == "tbptt" and flags.meta_batch_size % replicas:
@@ -385,6 +408,10 @@ def _restore(checkpoint, folder):
             raise util.FileFormatError(f"{folder.path} holds a run but no checkpoint to resume "
                                        f"it from; {restart}.")
         return None
+    # The counter that numbers the saves, created now so that the read restores it with the
+    # rest: created later (by the first save), it stayed pending, and a run that ends without
+    # saving (a complete one) had TensorFlow warn of "unrestored values ... save_counter".
+    checkpoint.save_counter  # pylint: disable=pointless-statement
     reasons = []
     for index_file in candidates:
         path = index_file[:-len(".index")]
@@ -449,14 +476,20 @@ def train(flags, built, num_unrolls, folder):
     try:
         return _train(flags, built, num_unrolls, folder)
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
-        raise _out_of_memory(e) from None
+        raise _out_of_memory(e, folder) from None
 
 
-def _out_of_memory(error):
-    """TensorFlow's or the host's out-of-memory error as one line naming the flags to lower."""
-    detail = (getattr(error, "message", None) or str(error) or type(error).__name__)
-    return util.FlagError(f"Out of memory ({detail.splitlines()[0][:120]}); lower "
-                          f"{_MEMORY_FLAGS}.")
+def _out_of_memory(error, folder=None):
+    """TensorFlow's or the host's out-of-memory error as one line naming the flags to lower and
+    what the run folder keeps (a new run that saved nothing leaves no record behind)."""
+    kept = ""
+    if folder is not None and folder.discard_unstarted():
+        kept = f" Nothing was saved: {folder.path} holds no run, start it with lower values."
+    elif folder is not None:
+        kept = (f" {folder.path} keeps its last checkpoint: resume with the same flags, or "
+                f"start over with lower values and --restart.")
+    return util.OutOfMemoryError(f"Out of memory ({cli.first_line(error)}); lower "
+                                 f"{configs.MEMORY_FLAGS}.{kept}")
 
 
 def _train(flags, built, num_unrolls, folder):
@@ -475,6 +508,10 @@ def _train(flags, built, num_unrolls, folder):
             elif saved is not None and saved[0] < state["best_evaluation"].numpy():
                 state["best_evaluation"].assign(saved[0])
                 state["best_epoch"].assign(saved[1] or 0)
+        if restored and flags.initial_path and not os.path.exists(flags.initial_path):
+            print(f"Resuming without --initial_path {flags.initial_path}, which is gone: a "
+                  f"resume restores the checkpoint's weights, with the networks the run "
+                  f"recorded.")
         if restored:
             print(f"Resuming from epoch {int(state['epoch'])} of {flags.num_epochs} "
                   f"({restored}).")
@@ -562,8 +599,11 @@ def _summary_writer(logdir):
                              f"summaries.")
     try:
         return tf.summary.create_file_writer(logdir)
-    except (tf.errors.OpError, OSError) as e:
-        raise util.FlagError(f"--logdir {logdir} cannot be written ({e}).") from None
+    except (tf.errors.OpError, OSError) as e:  # TensorFlow's message is several lines.
+        detail = getattr(e, "strerror", None) or str(e).splitlines()[0][:150]
+        reason = ((util.unreachable(logdir) if os.path.islink(logdir) else None)
+                  or f"cannot be written ({detail})")
+        raise util.FlagError(f"--logdir {logdir} {reason}.") from None
 
 
 def _summaries(writer, step, scalars):

@@ -6,8 +6,10 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 from absl.testing import parameterized
 import numpy as np
@@ -230,6 +232,74 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEndsWith(str(caught.exception), "this is a bug, not a mistake of yours; please "
                             "report it to the project's maintainers with the traceback above and "
                             "the command you ran.")
+
+    @parameterized.named_parameters(
+        # Issue 31, class 12: messages that were long, wrong or unclear.
+        ("many_files", "evaluate.py", ["--problem=quadratic", "--path={tmp}/many"],
+         r"^evaluate.py: error: No L2L optimizer for network 'cw' in .*/many: expected cw.l2l, "
+         r"found x0000.l2l, x0001.l2l, x0002.l2l, x0003.l2l, x0004.l2l and 2995 more\.$"),
+        ("loop_path", "evaluate.py", ["--problem=quadratic", "--path={tmp}/loop"],
+         r"^evaluate.py: error: --path .*/loop is a loop of symbolic links\.$"),
+        ("broken_initial_path", "train.py", ["--problem=quadratic", "--initial_path={tmp}/broken"],
+         r"^train.py: error: --initial_path .*/broken is a broken symbolic link \(to "
+         r".*/nowhere\)\.$"),
+        ("loop_save_path", "train.py", ["--problem=quadratic", "--save_path={tmp}/loop"],
+         r"^train.py: error: --save_path .*/loop is a loop of symbolic links\.$"),
+        ("loop_data_dir", "evaluate.py", ["--problem=mnist", "--optimizer=Adam",
+                                          "--data_dir={tmp}/loop"],
+         r"^evaluate.py: error: --data_dir .*/loop is a loop of symbolic links; fix the path"),
+        ("loop_logdir", "train.py", ["--problem=quadratic", "--num_steps=2", "--unroll_length=2",
+                                     "--num_epochs=1", "--logdir={tmp}/loop"],
+         r"^train.py: error: --logdir .*/loop is a loop of symbolic links\.$"),
+        ("learned_file_as_l2l", "train.py", [
+            "--problem=quadratic", f"--initial_path={REPO_ROOT}/saved_optimizers/quadratic/"
+                                   f"cwlearned.l2l"],
+         r"^train.py: error: --initial_path .*cwlearned.l2l holds a LearnedLambdaDeepLSTM "
+         r"\(--which_aml=learned\), not --which_aml=L2L's CoordinateWiseDeepLSTM; pass "
+         r"--which_aml=learned\.$"),
+        ("l2l_file_as_fixed", "evaluate.py", [
+            "--problem=quadratic", "--optimizer=fixed",
+            f"--path={REPO_ROOT}/saved_optimizers/quadratic/cw.l2l"],
+         r"holds a CoordinateWiseDeepLSTM \(--optimizer=L2L\), not --optimizer=fixed's "
+         r"FixedLambdaDeepLSTM; pass --optimizer=L2L\.$"),
+    )
+    def test_unclear_messages_are_now_one_clear_line(self, script, args, message):
+        tmp = self.get_temp_dir()
+        many = os.path.join(tmp, "many")
+        if not os.path.isdir(many):
+            os.makedirs(many)
+            for i in range(3000):
+                open(os.path.join(many, f"x{i:04d}.l2l"), "w").close()
+            os.symlink("loop", os.path.join(tmp, "loop"))
+            os.symlink(os.path.join(tmp, "nowhere"), os.path.join(tmp, "broken"))
+        result = run(script, *[arg.format(tmp=tmp) for arg in args])
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertLen(result.stderr.splitlines(), 1, result.stderr)
+        self.assertRegex(result.stderr, message)
+        self.assertLess(len(result.stderr), 400)  # 41,000 characters for the 3,000 files.
+
+    def test_ctrl_c_is_one_line_and_a_closed_pipe_ends_quietly(self):
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "evaluate.py"), "--problem=quadratic",
+             "--optimizer=Adam", "--num_epochs=1000000", "--num_steps=100",
+             f"--history_path={self.get_temp_dir()}/interrupted.csv"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(8)  # Inside the evaluation (TensorFlow starts in about 5 s).
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+        self.assertEqual(process.returncode, 130, err)
+        self.assertEqual(err, "evaluate.py: interrupted.\n")  # Was a 56-line traceback.
+        self.assertFalse(os.path.exists(f"{self.get_temp_dir()}/interrupted.csv"))
+        # `train.py ... | head -1`: the reader goes away, train.py stops without a traceback.
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "train.py"), "--problem=quadratic", *TINY,
+             "--num_epochs=1000", "--log_period=1", "--mode=graph"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertStartsWith(process.stdout.readline(), "Meta-objective:")
+        process.stdout.close()
+        err = process.stderr.read()
+        self.assertEqual(process.wait(timeout=120), 141, err)
+        self.assertEqual(err, "")
 
     def test_unreadable_optimizer_file_is_one_clear_line(self):
         path = os.path.join(self.get_temp_dir(), "cw.l2l")

@@ -418,10 +418,28 @@ def test_missing_dataset_error_without_tfds(name):
 
 
 def test_missing_dataset_error_lists_searched_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(datasets.DatasetError) as excinfo:
-        datasets.load("cifar10", "test", data_dir=tmp_path / "nowhere")
-    assert_one_line_error(excinfo, f"{tmp_path / 'nowhere' / 'cifar10'} (absent)",
-                          f"{tmp_path / 'nowhere' / 'cifar-10-batches-bin'} (absent)")
+        datasets.load("cifar10", "test", data_dir=tmp_path / "empty")
+    assert_one_line_error(excinfo, f"{tmp_path / 'empty' / 'cifar10'} (absent)",
+                          f"{tmp_path / 'empty' / 'cifar-10-batches-bin'} (absent)")
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_data_dir_that_is_no_folder_is_refused_before_any_other_source(tmp_path, monkeypatch,
+                                                                          name):
+    make_mnist(tmp_path / "env")  # A source that would otherwise be used.
+    monkeypatch.setenv(datasets.ENV_VAR, str(tmp_path / "env"))
+    module = fake_tfds(prepared=True, load=None)  # Nor is tensorflow_datasets asked.
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
+    with pytest.raises(datasets.DatasetError) as excinfo:
+        datasets.load(name, "test", data_dir=tmp_path / "typo")
+    assert_one_line_error(excinfo, f"--data_dir {tmp_path / 'typo'} does not exist; fix the "
+                                   f"path, or create the folder for tensorflow_datasets")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(datasets.DatasetError, match="is not a folder; pass the folder that holds"):
+        datasets.load(name, "train", data_dir=tmp_path / "file")
+    assert module.calls == []
 
 
 def test_tfds_any_failure_becomes_one_line(monkeypatch):

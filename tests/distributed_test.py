@@ -201,13 +201,18 @@ class MirroredTest(tf.test.TestCase):
             f.write(_MIRRORED_SCRIPT.format(root=str(REPO_ROOT),
                                             train=str(REPO_ROOT / "train.py")))
         paths = {}
-        for name, command in (("one", [str(REPO_ROOT / "train.py")]),
-                              ("two", [script, "--strategy=mirrored"])):
+        # Each run says how the meta-batch was shared out (issue 30, item 10).
+        for name, command, meta_batch in (
+                ("one", [str(REPO_ROOT / "train.py")], "on one device"),
+                ("two", [script, "--strategy=mirrored"], "1 on each of 2 replicas (mirrored on "
+                                                         "CPU:0, CPU:1)")):
             paths[name] = os.path.join(tmp, name)
             result = subprocess.run([sys.executable, *command, *RUN, "--num_epochs=3",
                                      f"--save_path={paths[name]}"], env=_env(), cwd=tmp,
                                     capture_output=True, text=True, timeout=300)
             self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+            self.assertIn(f"\nMeta-batch: 2 problem instances per meta-update, {meta_batch}.\n",
+                          result.stdout)
         one = _weights(os.path.join(paths["one"], "checkpoints"))
         two = _weights(os.path.join(paths["two"], "checkpoints"))
         self.assertNotEmpty(one)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import tensorflow as tf
 import meta
 import networks
 import problems
+import run_folder
+import util
 import weights_file
 from conftest import REPO_ROOT
 
@@ -106,6 +109,76 @@ class ResumeTest(tf.test.TestCase):
         stopped_at = int(out.split("Stopped by SIGINT after epoch ")[1].split(";")[0])
         self.assertEqual(int(_checkpoint(save_path)["epoch/.ATTRIBUTES/VARIABLE_VALUE"]),
                          stopped_at)
+
+    def test_rerunning_a_complete_run_says_so_without_tensorflow_warnings(self):
+        save_path = os.path.join(self.get_temp_dir(), "complete")
+        first = _run("train.py", *RUN, "--num_epochs=4", f"--save_path={save_path}")
+        self.assertEqual(first.returncode, 0, first.stderr)
+        again = _run("train.py", *RUN, "--num_epochs=4", f"--save_path={save_path}")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("The run is complete; raise --num_epochs to train it further.",
+                      again.stdout)
+        # Not TensorFlow's "object ... being deleted with unrestored values" and "Value in
+        # checkpoint could not be found ... save_counter" (issue 30, item 5).
+        self.assertEqual(again.stderr, "")
+        # Raised, the run goes on numbering its checkpoints after the restored ones.
+        numbers = lambda: sorted(int(f[len("ckpt-"):-len(".index")]) for f in os.listdir(
+            os.path.join(save_path, "checkpoints")) if f.endswith(".index"))
+        before = numbers()
+        longer = _run("train.py", *RUN, "--num_epochs=5", f"--save_path={save_path}")
+        self.assertEqual((longer.returncode, longer.stderr), (0, ""))
+        self.assertEqual(numbers(), [before[-1] + 1, before[-1] + 2])  # Epoch 5, and the last.
+
+    def test_a_run_resumes_once_its_initial_path_file_is_gone(self):
+        # A resume restores the checkpoint's weights: the file it started from is not needed
+        # (issue 31, class 11); the networks are those run.json records.
+        tmp = self.get_temp_dir()
+        initial = os.path.join(tmp, "start.l2l")
+        shutil.copy(REPO_ROOT / "saved_optimizers" / "quadratic" / "cwlearned.l2l", initial)
+        run = [*RUN, "--which_aml=learned", "--meta_objective=train", f"--initial_path={initial}"]
+        reference = os.path.join(tmp, "reference")
+        self.assertEqual(_run("train.py", *run, "--num_epochs=6",
+                              f"--save_path={reference}").returncode, 0)
+        save_path = os.path.join(tmp, "run")
+        first = _run("train.py", *run, "--num_epochs=3", f"--save_path={save_path}")
+        self.assertEqual(first.returncode, 0, first.stderr)
+        os.remove(initial)
+        resumed = _run("train.py", *run, "--num_epochs=6", f"--save_path={save_path}")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertIn(f"Resuming without --initial_path {initial}, which is gone: a resume "
+                      f"restores the checkpoint's weights, with the networks the run recorded.\n"
+                      f"Resuming from epoch 3 of 6", resumed.stdout)
+        expected, got = _checkpoint(reference), _checkpoint(save_path)
+        for name in expected:
+            if not name.startswith("save_counter"):  # The resume saved once more.
+                self.assertAllClose(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
+        # A record whose networks are not what train.py writes is damaged, said in one line.
+        with open(os.path.join(save_path, "run.json"), "rb") as f:
+            record = f.read()
+        run_record = json.loads(record)
+        run_record["networks"]["cw"] = {"net": "LearnedLambdaDeepLSTM"}
+        with open(os.path.join(save_path, "run.json"), "w") as f:
+            json.dump(run_record, f)
+        with self.assertRaisesRegex(util.FileFormatError, r"run.json is damaged \(not a run "
+                                                          r"record\); pass --restart"):
+            run_folder.recorded_networks(save_path)
+        with open(os.path.join(save_path, "run.json"), "wb") as f:
+            f.write(record)
+        # Killed before its first checkpoint and evaluation, the run has only the file's weights
+        # to start from: one line, nothing changed.
+        for name in os.listdir(save_path):
+            if name not in ("run.json", ".lock"):
+                path = os.path.join(save_path, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        lost = _run("train.py", *run, "--num_epochs=6", f"--save_path={save_path}")
+        self.assertEqual(lost.returncode, 1)
+        self.assertEqual(lost.stderr, f"train.py: error: --initial_path {initial} does not "
+                                      f"exist.\n")
+        with open(os.path.join(save_path, "run.json"), "rb") as f:
+            self.assertEqual(f.read(), record)
 
     def test_resuming_with_other_flags_or_restarting(self):
         save_path = os.path.join(self.get_temp_dir(), "run")
@@ -261,7 +334,8 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
             # A fixed-lambda file asked for as L2L.
             (["--problem=quadratic", "--path=" + os.path.join(
                 self._saved("cw", networks.FixedLambdaDeepLSTM()), "cw.l2l")],
-             "holds a FixedLambdaDeepLSTM, not a CoordinateWiseDeepLSTM"),
+             r"holds a FixedLambdaDeepLSTM \(--optimizer=fixed\), not --optimizer=L2L's "
+             r"CoordinateWiseDeepLSTM; pass --optimizer=fixed\."),
             # A network for 5x5 kernels on a problem without them.
             (["--problem=quadratic", "--path=" + os.path.join(
                 self._saved("kernel", networks.KernelDeepLSTM([5, 5])), "kernel.l2l")],

@@ -2,6 +2,7 @@
 
 import os
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 import keras
@@ -30,7 +31,7 @@ def _loss(dtype=None):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
 
-class KerasProblemTest(tf.test.TestCase):
+class KerasProblemTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_parameters_are_the_models_and_fresh_per_seed_from_its_initializers(self):
         problem = problems.keras_problem(_cnn, *_images(64, 0), _loss())
@@ -91,6 +92,49 @@ class KerasProblemTest(tf.test.TestCase):
         path = optimizer.save(self.get_temp_dir())[0]
         self.assertEqual(os.path.basename(path), "cw.l2l")
         self.assertEqual(networks.factory("CoordinateWiseDeepLSTM", net_path=path).layers, (8,))
+
+    @parameterized.named_parameters(
+        ("nan_x", dict(x=np.full([4, 3], np.nan)), r"^keras_problem's x holds 12 NaN or "
+                                                   r"infinite values, so the losses would not be "
+                                                   r"finite; clean or drop those examples\.$"),
+        ("inf_y", dict(y=np.array([0.0, np.inf, 1.0, -np.inf])), r"'s y holds 2 NaN or infinite"),
+        ("nan_validation", dict(validation_data=(np.zeros([2, 3]), np.array([np.nan, 1.0]))),
+         r"^keras_problem's validation_data's y holds 1 NaN or infinite values"),
+        ("text_x", dict(x=np.array([["a"] * 3] * 4)), r"^keras_problem's x must be an array of "
+                                                       r"numbers, one row per example; got <U1"),
+        ("scalar_y", dict(y=3.0), r"'s y must be an array of numbers, one row per example; got "
+                                  r"float64 of shape \(\)"),
+        ("batch_size_0", dict(batch_size=0), r"^keras_problem's batch_size must be a whole number "
+                                            r"of examples, at least 1, got 0\.$"),
+        ("batch_size_float", dict(batch_size=2.5), r"batch_size must be a whole number .* 2.5"),
+        ("validation_lengths", dict(validation_data=(np.zeros([5, 3]), np.zeros(4))),
+         r"^keras_problem needs as many targets as examples in validation_data, got 5 examples "
+         r"and 4 targets\.$"),
+        ("validation_empty", dict(validation_data=(np.zeros([0, 3]), np.zeros(0))),
+         r"as many targets as examples in validation_data, got 0 examples"),
+        ("validation_shape", dict(validation_data=(np.zeros([4, 5]), np.zeros(4))),
+         r"^keras_problem's validation_data x has examples of shape \(5,\), the training x "
+         r"\(3,\)\.$"),
+        ("validation_not_a_pair", dict(validation_data=np.zeros([4, 3])),
+         r"validation_data must be a pair \(x, y\), got ndarray"),
+        ("model_none", dict(build_model=lambda: None), r"^keras_problem's build_model must "
+                                                        r"return a keras.Model, got NoneType\.$"),
+        ("model_layer", dict(build_model=lambda: keras.layers.Dense(2)),
+         r"build_model must return a keras.Model, got Dense"),
+    )
+    def test_bad_data_batch_size_or_model_is_one_clear_error_before_building(self, changes,
+                                                                            message):
+        built = []
+
+        def dense():
+            built.append(1)
+            return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+
+        args = dict(build_model=dense, x=np.zeros([4, 3], np.float32), y=np.zeros(4), loss="mse")
+        args.update(changes)
+        with self.assertRaisesRegex(ValueError, message):
+            problems.keras_problem(**args)
+        self.assertEqual(built, [])  # Refused before any model was built.
 
     def test_bad_input_is_a_clear_error(self):
         with self.assertRaisesRegex(ValueError, "as many targets as examples, got 4 examples "

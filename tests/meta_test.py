@@ -262,6 +262,10 @@ class RematerializeTest(tf.test.TestCase, parameterized.TestCase):
                                                  meta_batch_size=instances)
                 self.assertEqual(unroll.kept_bytes_per_step(), instances * per_instance)
         self.assertEqual(optimizer.meta_loss(problem, 2).kept_bytes_per_step(), 0)
+        # Without a meta-gradient, every instance still holds its state, parameters, gradients.
+        for instances in (1, 4):
+            self.assertEqual(optimizer.meta_loss(problem, 2, meta_batch_size=instances)
+                             .live_bytes(), instances * (state + 2 * gradients))
         # Two networks do not separate by coordinate: "chunks" keeps what "steps" does.
         two = meta.MetaOptimizer(cw={"net": "CoordinateWiseDeepLSTM",
                                      "net_options": {"layers": (20, 20)}}, sgd={"net": "Sgd"})

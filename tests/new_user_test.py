@@ -38,9 +38,12 @@ elif os.environ.get("STUB_FAIL") == "plot":
     sys.exit("plot.py failed")
 elif "--table" in args:
     print("| stub table of " + values["histories"] + " |")
+    for row in range(int(os.environ.get("STUB_TABLE_ROWS", "0"))):  # A long section.
+        print("| row %d |" % row)
 else:
     with open(values["output"], "wb") as f:
         f.write(b"stub figure")
+    print("Plot written to " + values["output"])  # As plot.py says.
 """
 
 
@@ -118,7 +121,9 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         calls = open(log).read().splitlines() if os.path.exists(log) else []
         return result, [c for c in calls if c.startswith("evaluate.py")]
 
-    def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
+    def _reproduce_folder(self):
+        """A copy of reproduce.sh, the committed table, empty quadratic optimizers and the stub
+        Python, in a folder of its own."""
         folder = self.get_temp_dir()
         shutil.copy(REPO_ROOT / "reproduce.sh", folder)
         os.makedirs(os.path.join(folder, "results"))
@@ -129,6 +134,10 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         with open(os.path.join(folder, "python"), "w") as f:
             f.write(STUB_PYTHON.format(python=sys.executable))
         os.chmod(os.path.join(folder, "python"), 0o755)
+        return folder
+
+    def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
+        folder = self._reproduce_folder()
         committed = _sections((REPO_ROOT / "results" / "table.md").read_text())
         self.assertLen(committed, 7)
         table = os.path.join(folder, "results", "table.md")
@@ -136,6 +145,10 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         result, evaluations = self._reproduce(folder, "quadratic")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertLen(evaluations, 7)  # L2L, fixed, learned; Adam, RMSprop, SGD, NAG.
+        # No temporary path is printed, only where the figure ends up.
+        self.assertNotIn(".reproduce.", result.stdout)
+        self.assertEndsWith(result.stdout, "Updated results/quadratic.png and the quadratic "
+                                           "section of results/table.md\n")
         sections = _sections(open(table).read())
         self.assertEqual(list(sections), list(committed))  # Every case, in the same order.
         for case in committed:
@@ -177,11 +190,64 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(sorted(os.listdir(os.path.join(folder, "results"))),
                          ["histories", "quadratic.png", "table.md"])
 
+    def test_reproduce_reuses_only_a_history_of_exactly_the_cases_settings(self):
+        # Issue 31, class 9: a history of another split or reset period was reused as the
+        # table's (the quadratic L2L row went from 0.085 to 1.162).
+        folder = self._reproduce_folder()
+        result, evaluations = self._reproduce(folder, "quadratic")
+        self.assertEqual((result.returncode, len(evaluations)), (0, 7), result.stderr)
+        self.assertIn("--state_reset_period=0", evaluations[0])  # Spelled out: it is recorded.
+        history = os.path.join(folder, "results", "histories", "quadratic_L2L.csv")
+        header, rows = open(history).read().split("\n", 1)
+        for other in ("split=validation", "state_reset_period=1"):
+            with open(history, "w") as f:  # evaluate.py's header of another evaluation.
+                f.write(header.replace(" state_reset_period=0", "" if "reset" in other else
+                                       " state_reset_period=0") + f" {other}\n" + rows)
+            result, evaluations = self._reproduce(folder, "quadratic")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertLen(evaluations, 1, other)
+            self.assertIn("--optimizer=L2L", evaluations[0])
+        # What the header says of how it ran, or what it found, is no setting.
+        with open(history) as f:
+            header, rows = f.read().split("\n", 1)
+        with open(history, "w") as f:
+            f.write(header + " mode=graph fixed_lambda=0.01\n" + rows)
+        self.assertEqual(self._reproduce(folder, "quadratic")[1], [])
+
+    def test_reproduce_runs_at_once_keep_every_section_and_splice_long_ones_at_once(self):
+        # Issue 31, class 10: two runs lost a section (no lock); a 200,000-line section took
+        # over 200 s to splice (a string copied at every line).
+        folder = self._reproduce_folder()
+        table = os.path.join(folder, "results", "table.md")
+        committed = _sections(open(table).read())
+        rows = 100000
+        start = time.monotonic()
+        runs = [subprocess.Popen([os.path.join(folder, "reproduce.sh"), case], cwd=folder,
+                                 env=dict(_env(), PYTHON=os.path.join(folder, "python"),
+                                          STUB_TABLE_ROWS=str(rows)),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for case in ("quadratic", "mnist", "mnist-40")]
+        for run in runs:
+            out, err = run.communicate(timeout=120)
+            self.assertEqual(run.returncode, 0, err)
+        self.assertLess(time.monotonic() - start, 60)
+        sections = _sections(open(table).read())
+        self.assertEqual(list(sections), list(committed))
+        for case in committed:
+            if case in ("quadratic", "mnist", "mnist-40"):
+                self.assertEqual(sections[case].count("\n| row "), rows, case)
+                self.assertIn(f"| row {rows - 1} |\n\n", sections[case])
+            else:
+                self.assertEqual(sections[case], committed[case])
+        self.assertEqual(sorted(os.listdir(os.path.join(folder, "results"))),
+                         ["histories", "mnist-40.png", "mnist.png", "quadratic.png", "table.md"])
+
     def test_7_histories_are_named_by_their_settings(self):
         directory = self.get_temp_dir()
         common = ["--problem=quadratic", "--num_epochs=1", "--num_steps=4"]
         for args in (["--optimizer=Adam", "--learning_rate=0.1"],
-                     ["--optimizer=Adam", "--learning_rate=0.3"], ["--optimizer=L2L"],
+                     ["--optimizer=Adam", "--learning_rate=0.3"],
+                     ["--optimizer=L2L", "--untrained"],
                      ["--optimizer=Adam", "--learning_rates=0.1,0.3", "--tune_epochs=1"],
                      ["--optimizer=Adam", "--learning_rates=0.1,1", "--tune_epochs=1"]):
             result = _run(directory, "evaluate.py", *common, *args)
@@ -214,12 +280,24 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         ("train.py", ["--which_aml=fixed", "--lambda_mode=scalar"],
          "--lambda_mode does not apply to --which_aml=fixed"),
         ("train.py", ["--checkpoint_period=5"], "--checkpoint_period needs --save_path"),
+        # An untrained network only on purpose (issue 30, item 7).
+        ("evaluate.py", ["--problem=quadratic"], r"--optimizer=L2L needs --path, a saved "
+                                                 r"optimizer \(a folder of .l2l files or one file, "
+                                                 r"such as .*saved_optimizers/quadratic\); pass "
+                                                 r"--untrained to evaluate untrained networks on "
+                                                 r"purpose\.$"),
+        ("evaluate.py", ["--problem=iris", "--optimizer=fixed"],
+         r"--optimizer=fixed needs --path, a saved optimizer \(a folder of .l2l files or one "
+         r"file\); pass --untrained"),
+        ("evaluate.py", ["--optimizer=Adam", "--untrained"],
+         "--untrained: it does not apply to --optimizer=Adam; remove it."),
+        ("evaluate.py", ["--path=x", "--untrained"], "--untrained: --path loads trained weights"),
     )
     def test_7_flags_that_do_not_apply_are_refused(self, script, args, message):
         result = _run(self.get_temp_dir(), script, *args)
         self.assertEqual(result.returncode, 1)
         self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
-        self.assertStartsWith(result.stderr, f"{script}: error: {message}")
+        self.assertRegex(result.stderr, f"^{script}: error: {message}")
 
     @parameterized.parameters("train.py", "evaluate.py", "plot.py", "convert.py")
     def test_9_help_exits_with_status_0_at_once(self, script):
@@ -232,6 +310,56 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         # Before TensorFlow is imported (which alone takes 4 s or more here): under a second
         # on an idle machine, so 4 s leaves room for a loaded one.
         self.assertLess(time.monotonic() - start, 4)
+
+
+class FrictionTest(tf.test.TestCase, parameterized.TestCase):
+    """What a newcomer met on a fresh clone (issue 30, items 5 to 10)."""
+
+    @parameterized.parameters('{"layers": [4,', "[1, 2]", "")
+    def test_malformed_net_options_answer_before_tensorflow_and_any_other_output(self, options):
+        start = time.monotonic()
+        result = _run(self.get_temp_dir(), "train.py", f"--net_options={options}")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")  # Not after "Meta-objective: ...".
+        self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
+        self.assertRegex(result.stderr, r"^train.py: error: --net_options (is not valid JSON|"
+                                        r"must be a JSON object)")
+        self.assertLess(time.monotonic() - start, 4)  # TensorFlow alone takes 4 s or more.
+
+    @parameterized.parameters("train.py", "evaluate.py")
+    def test_a_missing_data_dir_answers_at_once(self, script):
+        missing = os.path.join(self.get_temp_dir(), "typo")
+        start = time.monotonic()
+        result = _run(self.get_temp_dir(), script, "--problem=mnist", "--optimizer=Adam"
+                      if script == "evaluate.py" else "--num_epochs=1", f"--data_dir={missing}")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(result.stderr, f"{script}: error: --data_dir {missing} does not exist; "
+                                        f"fix the path, or create the folder for "
+                                        f"tensorflow_datasets to download into.\n")
+        self.assertLess(time.monotonic() - start, 4)  # Not after TensorFlow and tfds.
+
+    @parameterized.parameters("train.py", "evaluate.py")
+    def test_help_never_breaks_a_problem_name_across_lines(self, script):
+        import configs  # pylint: disable=import-outside-toplevel
+        for help_flag in ("--help", "--helpfull"):
+            result = _run(self.get_temp_dir(), script, help_flag)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            for name in configs.CONFIGS:  # e.g. "cifar-" / "multi" before.
+                self.assertRegex(result.stdout, rf"(?<![\w-]){re.escape(name)}(?![\w-])",
+                                 f"{script} {help_flag}")
+            # Every flag absl lists is still there, with its default.
+            self.assertIn("--problem: <cifar | cifar-mlp | cifar-multi", result.stdout)
+            self.assertIn("(default: 'simple')", result.stdout)
+            self.assertEqual("--helpfull" in help_flag, "--flagfile:" in result.stdout)
+            self.assertEqual("--helpfull" in help_flag, "-v,--verbosity:" in result.stdout)
+
+    def test_plot_help_example_has_no_run_of_spaces(self):
+        result = _run(self.get_temp_dir(), "plot.py", "--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("mnist_Adam_tuned.csv \\\n        --output=figures/mnist.pdf",
+                      result.stdout)
+        self.assertNotRegex(result.stdout, r"\S {3,}\S")
 
 
 if __name__ == "__main__":
