@@ -36,19 +36,17 @@ def run(main):
             faulthandler.disable()
         try:
             return main(argv)
-        except util.OutOfMemoryError as e:
+        except util.UserError as e:
             if os.environ.get("L2L_DEBUG"):
                 raise
-            # Every file is closed (the callers' `finally` ran); the interpreter's teardown is
-            # skipped: after a failed allocation TensorFlow's aborts (util.OutOfMemoryError).
+            if not e.teardown_unsafe:
+                sys.exit(f"{program}: error: {e}")
+            # Every file is closed (the callers' `finally` ran); TensorFlow's teardown is
+            # skipped (see util.UserError).
             print(f"{program}: error: {e}", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)  # pylint: disable=protected-access
-        except util.UserError as e:
-            if os.environ.get("L2L_DEBUG"):
-                raise
-            sys.exit(f"{program}: error: {e}")
         except KeyboardInterrupt:  # Ctrl-C: every file is written whole, or not at all.
             if os.environ.get("L2L_DEBUG"):
                 raise
