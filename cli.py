@@ -99,10 +99,11 @@ def main(main_fn, doc, argv, crash_advice=None):
 
 
 # How a child that TensorFlow crashed ends, and why, for the one line.
-_CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV)", "SIGABRT": "TensorFlow aborted (SIGABRT)",
-            "SIGBUS": "TensorFlow crashed (SIGBUS)",
-            "SIGKILL": "the process was killed (SIGKILL), e.g. by the system's out-of-memory "
-                       "killer"}
+_CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV): out of memory, most likely",
+            "SIGABRT": "TensorFlow aborted (SIGABRT): out of memory, most likely",
+            "SIGBUS": "TensorFlow crashed (SIGBUS): out of memory, most likely",
+            "SIGKILL": "the process was killed (SIGKILL), by hand or by the system's "
+                       "out-of-memory killer"}
 
 
 def supervise(program, crash_advice):
@@ -131,7 +132,7 @@ def supervise(program, crash_advice):
     name = signal.Signals(-returncode).name
     why = _CRASHES.get(name, f"the process died of {name}")
     sys.stdout.flush()
-    return f"{program}: error: {why}; out of memory, most likely: {crash_advice}"
+    return f"{program}: error: {why}; if out of memory, {crash_advice}"
 
 
 def _die_with_parent(parent):
