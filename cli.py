@@ -36,19 +36,17 @@ def run(main):
             faulthandler.disable()
         try:
             return main(argv)
-        except util.OutOfMemoryError as e:
+        except util.UserError as e:
             if os.environ.get("L2L_DEBUG"):
                 raise
-            # Every file is closed (the callers' `finally` ran); the interpreter's teardown is
-            # skipped: after a failed allocation TensorFlow's aborts (util.OutOfMemoryError).
+            if not e.teardown_unsafe:
+                sys.exit(f"{program}: error: {e}")
+            # Every file is closed (the callers' `finally` ran); TensorFlow's teardown is
+            # skipped (see util.UserError).
             print(f"{program}: error: {e}", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)  # pylint: disable=protected-access
-        except util.UserError as e:
-            if os.environ.get("L2L_DEBUG"):
-                raise
-            sys.exit(f"{program}: error: {e}")
         except KeyboardInterrupt:  # Ctrl-C: every file is written whole, or not at all.
             if os.environ.get("L2L_DEBUG"):
                 raise
@@ -101,10 +99,11 @@ def main(main_fn, doc, argv, crash_advice=None):
 
 
 # How a child that TensorFlow crashed ends, and why, for the one line.
-_CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV)", "SIGABRT": "TensorFlow aborted (SIGABRT)",
-            "SIGBUS": "TensorFlow crashed (SIGBUS)",
-            "SIGKILL": "the process was killed (SIGKILL), e.g. by the system's out-of-memory "
-                       "killer"}
+_CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV): out of memory, most likely",
+            "SIGABRT": "TensorFlow aborted (SIGABRT): out of memory, most likely",
+            "SIGBUS": "TensorFlow crashed (SIGBUS): out of memory, most likely",
+            "SIGKILL": "the process was killed (SIGKILL), by hand or by the system's "
+                       "out-of-memory killer"}
 
 
 def supervise(program, crash_advice):
@@ -133,7 +132,7 @@ def supervise(program, crash_advice):
     name = signal.Signals(-returncode).name
     why = _CRASHES.get(name, f"the process died of {name}")
     sys.stdout.flush()
-    return f"{program}: error: {why}; out of memory, most likely: {crash_advice}"
+    return f"{program}: error: {why}; if out of memory, {crash_advice}"
 
 
 def _die_with_parent(parent):

@@ -15,7 +15,7 @@ removed when the folder is next opened. Each file records the evaluation that ma
 which bounds what may replace it even when the checkpoints are gone; a damaged best file bounds
 nothing, and the next good evaluation replaces it. Only the chief of a distributed run writes
 here; the other workers read the chief's checkpoints and write theirs to a scratch folder that
-goes when the run ends.
+goes when the run ends (or, for a killed worker, when the next one on that machine starts).
 """
 
 import errno
@@ -42,6 +42,9 @@ _BEST_DIR = re.compile(r"\.best-\d{6,}-[0-9a-f]{8}")
 _TEMPORARY = re.compile(re.escape(util.TEMP_PREFIX) + r"[A-Za-z0-9_]+"
                         r"|(best|[^/]+\.l2l)\.tmp-[0-9a-f]{8}")
 MAX_RUN_FILE_BYTES = 2**20
+# A non-chief worker's scratch folder: `l2l-worker-<process id>-<random>`.
+_SCRATCH_PREFIX = "l2l-worker-"
+_SCRATCH = re.compile(re.escape(_SCRATCH_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
 # Recorded in run.json since the evaluations' settings were (December 2026): the records of
 # older runs lack them, and those runs resume as they did.
 LATER_RUN_FLAGS = ("evaluation_num_steps", "evaluation_epochs", "evaluation_seed")
@@ -55,8 +58,12 @@ class RunFolder:
         self._lock_fd = lock_fd
         # Why the current best set is unusable (set by `best_evaluation`), until one replaces it.
         self.damaged_best = None
-        # Non-chief workers write their (required) checkpoints where nobody else reads them.
-        self._scratch = None if chief else tempfile.mkdtemp(prefix="l2l-worker-")
+        # Non-chief workers write their (required) checkpoints where nobody else reads them, in
+        # a folder named by their process: what a killed one left is removed by the next.
+        if not chief:
+            _remove_dead_scratch()
+        self._scratch = (None if chief else
+                         tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
         if self._scratch:
             print(f"This worker is not the chief: its checkpoints go to {self._scratch}, the "
                   f"run's to {path} (the chief's).")
@@ -216,6 +223,23 @@ class RunFolder:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
 
+def _remove_dead_scratch():
+    """Removes the scratch folders (in the temporary folder) of this user's workers that are
+    gone: killed, they could not remove their own."""
+    directory = tempfile.gettempdir()
+    for name in os.listdir(directory):
+        match = _SCRATCH.fullmatch(name)
+        path = os.path.join(directory, name)
+        if not match or os.path.islink(path) or os.lstat(path).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass  # Alive, someone else's; or no process id.
+
+
 def _lock(path):
     """An exclusive lock on `path/.lock` for this process's lifetime; its PID is written in it.
 
@@ -280,6 +304,20 @@ def _read_run(path):
         raise util.FileFormatError(f"{run_file} is damaged (not a run record); pass --restart to "
                                    f"start over.")
     return run
+
+
+def current_run(path, restart=False):
+    """What a run in `path` would be: the id of the run it resumes, "a new run", or "no
+    --save_path" (None): what every task of a multi-worker run must see alike.
+
+    Raises:
+      util.FileFormatError: `run.json` is damaged.
+    """
+    if not path:
+        return "no --save_path"
+    if restart or not (os.path.isdir(path) and _has_run(path)):
+        return "a new run"
+    return _read_run(path)["run_id"]
 
 
 def recorded_networks(path):

@@ -13,11 +13,13 @@ them over a machine's devices (`mirrored`) or several machines (`multi_worker`, 
 in `TF_CONFIG`), where only the chief writes to `save_path`.
 """
 
+import os
 import sys
 
 from absl import flags
 
 import cli
+import cluster
 import configs
 import datasets
 
@@ -62,6 +64,10 @@ flags.DEFINE_integer("meta_batch_size", 1, "Problem instances unrolled per meta-
 flags.DEFINE_enum("strategy", "none", configs.STRATEGIES, "Distribution: none; mirrored (this "
                   "machine's devices); multi_worker (several processes or machines, cluster "
                   "from TF_CONFIG). The meta-batch is split across the replicas.")
+flags.DEFINE_integer("cluster_timeout", 600, "--strategy=multi_worker: seconds each task waits "
+                     "for the others of TF_CONFIG, at the start (saying so) and at each exchange "
+                     "of meta-gradients; then it gives up in one line.", lower_bound=1,
+                     upper_bound=10**6)
 flags.DEFINE_enum("rematerialize", None, sorted(configs.REMATERIALIZE), "How the meta-gradient's "
                   "backward pass gets each step's values (the same numbers): steps (default for "
                   "first-order meta-gradients: keep each step's inputs and recompute it; the "
@@ -130,6 +136,14 @@ def _check_flags(argv):
     if FLAGS.second_derivatives and FLAGS.rematerialize not in (None, "off"):
         raise util.FlagError(f"--rematerialize={FLAGS.rematerialize} reuses first-order "
                              f"gradients; with --second_derivatives use --rematerialize=off.")
+    if FLAGS.strategy == "multi_worker":  # TF_CONFIG's mistakes, before TensorFlow starts.
+        cluster.from_environment()
+        # A peer that stops is said in one line (training.train), not also in TensorFlow's C++
+        # error lines of every collective it aborts.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    elif given("cluster_timeout"):
+        raise util.FlagError("--cluster_timeout applies to --strategy=multi_worker only; remove "
+                             "it.")
     if not FLAGS.save_path:
         for name in ("restart", "checkpoint_period"):
             if given(name):
@@ -160,7 +174,9 @@ def main(argv):
     import run_folder  # pylint: disable=import-outside-toplevel
     import training  # pylint: disable=import-outside-toplevel
 
-    strategy, chief = training.make_strategy(FLAGS.strategy)
+    names = [flag.name for flag in FLAGS.get_key_flags_for_module(sys.argv[0])]
+    strategy, chief = training.make_strategy(FLAGS.strategy, training.cluster_run(FLAGS, names),
+                                             FLAGS.cluster_timeout)
     config = configs.get_config(FLAGS.problem, "train", FLAGS.data_dir)
     objective = _meta_objective(config.problem)
     flags_of_run = training.run_flags(FLAGS, objective)

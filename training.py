@@ -12,7 +12,7 @@ one line naming the flags to lower.
 """
 
 import glob
-import json
+import hashlib
 import logging
 import os
 import re
@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
 import cli  # noqa: E402  pylint: disable=wrong-import-position
+import cluster  # noqa: E402  pylint: disable=wrong-import-position
 import configs  # noqa: E402  pylint: disable=wrong-import-position
 import estimators  # noqa: E402  pylint: disable=wrong-import-position
 import meta  # noqa: E402  pylint: disable=wrong-import-position
@@ -85,8 +86,26 @@ def run_flags(flags, objective):
     return values
 
 
-def make_strategy(name):
-    """`(tf.distribute strategy or None, whether this process is the chief)`."""
+# Flags that each task of a multi-worker run may set its own way: where its files are (the
+# run in --save_path is compared instead), how it logs, how long it waits.
+_LOCAL_FLAGS = ("save_path", "logdir", "log_period", "data_dir", "cluster_timeout")
+
+
+def cluster_run(flags, names):
+    """What every task of a multi-worker run must have alike (`cluster.rendezvous`): the values
+    of the flags `names` but `_LOCAL_FLAGS`, and the run in --save_path."""
+    run = {f"--{name}": flags[name].value for name in names if name not in _LOCAL_FLAGS}
+    run["--save_path"] = run_folder.current_run(flags.save_path, flags.restart)  # Its run.
+    return run
+
+
+def make_strategy(name, run=None, timeout=None):
+    """`(tf.distribute strategy or None, whether this process is the chief)`.
+
+    For `multi_worker`, the tasks of TF_CONFIG meet first (`cluster.rendezvous`: `run` is what
+    they must have alike, `timeout` how long each waits for the others, then also for each
+    collective of the strategy).
+    """
     if name == "none":
         return None, True
     if name == "mirrored":
@@ -95,15 +114,12 @@ def make_strategy(name):
         devices = (tf.config.list_logical_devices("GPU")
                    or tf.config.list_logical_devices("CPU"))
         return tf.distribute.MirroredStrategy([d.name for d in devices]), True
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG", ""))
-        task, spec = cluster["task"], cluster["cluster"]
-        chief = (task["type"] == "chief" or
-                 (task["type"] == "worker" and int(task["index"]) == 0 and "chief" not in spec))
-    except (ValueError, KeyError, TypeError):
-        raise util.FlagError("--strategy=multi_worker needs the cluster in the environment "
-                             "variable TF_CONFIG (see README, 'Several machines').") from None
-    return tf.distribute.MultiWorkerMirroredStrategy(), chief
+    task = cluster.from_environment()
+    cluster.rendezvous(task, run or {}, timeout)
+    # Every collective (the meta-gradients' all-reduce) gives up after `timeout` too: a peer
+    # killed mid-run would leave the others waiting for it.
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), task.chief
 
 
 def describe_meta_batch(meta_batch_size, strategy):
@@ -471,12 +487,51 @@ def train(flags, built, num_unrolls, folder):
     epochs or when the saved best optimizer is left damaged; or the signal's).
 
     Raises:
-      util.FlagError: out of memory (the message names the flags to lower).
+      util.OutOfMemoryError: out of memory (the message names the flags to lower).
+      cluster.ClusterError: a task of a multi-worker run stopped, or restored another
+        checkpoint.
     """
     try:
         return _train(flags, built, num_unrolls, folder)
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
         raise _out_of_memory(e, folder) from None
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError, tf.errors.CancelledError) as e:
+        # A collective of a multi-worker run whose peer died (no heartbeat) or hangs (timeout).
+        if not isinstance(built.minimize.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        raise _peer_gone(e) from None
+
+
+def _check_tasks_agree(strategy, state, variables):
+    """The tasks of a multi-worker run start from the same epoch and weights, or one line: a task
+    that restored another checkpoint (a copy of the folder, say) would train beside the others
+    on other numbers. The rendezvous checked the flags and the run before TensorFlow started."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    digest = hashlib.sha256()
+    for value in [*variables, *state.values()]:
+        digest.update(np.ascontiguousarray(value.numpy()).tobytes())
+    # Three 32-bit words of the digest, exact in float64, beside the epoch.
+    words = np.frombuffer(digest.digest()[:12], np.uint32).astype(np.float64)
+    mine = tf.constant(np.concatenate([[float(state["epoch"].numpy())], words])[None])
+    values = strategy.experimental_distribute_values_from_function(lambda context: mine)
+    every = strategy.gather(values, axis=0).numpy()
+    if not (every == every[0]).all():
+        epochs = ", ".join(str(int(e)) for e in sorted(set(every[:, 0])))
+        raise cluster.ClusterError(f"The tasks of TF_CONFIG restored different checkpoints "
+                                   f"(epochs {epochs}, or other weights); give every task the "
+                                   f"chief's --save_path, a folder they share, and start them "
+                                   f"again.")
+
+
+def _peer_gone(error):
+    """A collective that failed because a task of the cluster stopped, as one line naming it."""
+    tasks = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", error.message or "")))
+    who = ", ".join(f"{job} {task}" for job, task in tasks) or "a task of TF_CONFIG"
+    return cluster.ClusterError(f"{who} stopped answering ({type(error).__name__}); start every "
+                                f"task again with the same command: they resume from the "
+                                f"chief's last checkpoint.")
 
 
 def _out_of_memory(error, folder=None):
@@ -508,6 +563,8 @@ def _train(flags, built, num_unrolls, folder):
             elif saved is not None and saved[0] < state["best_evaluation"].numpy():
                 state["best_evaluation"].assign(saved[0])
                 state["best_epoch"].assign(saved[1] or 0)
+        _check_tasks_agree(minimize.strategy, state,
+                           optimizer.variables + tuple(minimize.optimizer.variables))
         if restored and flags.initial_path and not os.path.exists(flags.initial_path):
             print(f"Resuming without --initial_path {flags.initial_path}, which is gone: a "
                   f"resume restores the checkpoint's weights, with the networks the run "

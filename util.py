@@ -25,7 +25,14 @@ import tempfile
 
 
 class UserError(Exception):
-    """An error the user can fix (a flag, a file, missing data); the CLIs print it in one line."""
+    """An error the user can fix (a flag, a file, missing data); the CLIs print it in one line.
+
+    `teardown_unsafe` errors leave TensorFlow in a state that the interpreter's teardown may not
+    survive (out of memory) or wait on forever (a collective whose peer is gone): the CLIs exit
+    at once after saying so, their files closed.
+    """
+
+    teardown_unsafe = False
 
 
 class FlagError(UserError, ValueError):
@@ -47,10 +54,11 @@ class MissingDataError(UserError, ValueError):
 class OutOfMemoryError(UserError):
     """The process ran out of memory; the message names the flags to lower.
 
-    The CLIs leave at once after saying so, without the interpreter's teardown: after a failed
-    allocation, TensorFlow's frees memory twice there and aborts (measured: "double free or
-    corruption", exit status 134).
+    After a failed allocation, TensorFlow's teardown frees memory twice and aborts (measured:
+    "double free or corruption", exit status 134).
     """
+
+    teardown_unsafe = True
 
 
 class OptionError(UserError, ValueError):

@@ -6,12 +6,16 @@ workers of the multi-worker test talk over 127.0.0.1 on ports free at run time.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from unittest import mock
 
+from absl.testing import parameterized
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,18 +53,20 @@ def _free_ports(count):
 
 
 class _Workers:
-    """Two train.py processes of one multi-worker cluster; stopped when the test ends."""
+    """Train.py processes of one multi-worker cluster (two by default); stopped when the test
+    ends. `only` starts those tasks alone; `extra` adds arguments to a task's."""
 
-    def __init__(self, tmp, *args):
-        ports = _free_ports(2)
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    def __init__(self, tmp, *args, only=(0, 1), extra=None, tasks=2):
+        self.ports = _free_ports(tasks)
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in self.ports]}
         self.processes = []
-        for index in range(2):
+        for index in only:
             config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             scratch = os.path.join(tmp, f"scratch{index}")
             os.makedirs(scratch, exist_ok=True)
             self.processes.append(subprocess.Popen(
-                [sys.executable, str(REPO_ROOT / "train.py"), "--strategy=multi_worker", *args],
+                [sys.executable, str(REPO_ROOT / "train.py"), "--strategy=multi_worker", *args,
+                 *(extra or {}).get(index, ())],
                 cwd=tmp, env=_env(TF_CONFIG=config, TMPDIR=scratch), stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))
 
@@ -110,9 +116,12 @@ class MultiWorkerTest(tf.test.TestCase):
             outputs = workers.wait()
         finally:
             workers.stop()
-        for returncode, out, err in outputs:
+        for index, (returncode, out, err) in enumerate(outputs):
             self.assertEqual(returncode, 0, err[-3000:])
             self.assertIn("Epoch 4", out)
+            self.assertIn(f"\nMeta-batch: 2 problem instances per meta-update, 1 on each of 2 "
+                          f"replicas (multi_worker: 2 workers; this one, worker {index}, on "
+                          f"CPU:0).\n", out)
         # The chief alone wrote the folder.
         self.assertCountEqual([f for f in os.listdir(save_path) if not f.startswith(".")],
                               ["run.json", "best", "cw.l2l", "checkpoints"])
@@ -129,6 +138,31 @@ class MultiWorkerTest(tf.test.TestCase):
         for name in reference:
             self.assertAllClose(chief[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
 
+    def test_workers_that_restored_different_checkpoints_stop_in_one_line(self):
+        # Issue 31, class 5: the same run (a copy of the chief's folder, taken earlier) passes
+        # the rendezvous; the epochs and weights restored are compared before any epoch.
+        tmp = self.get_temp_dir()
+        chiefs, copy = os.path.join(tmp, "chiefs"), os.path.join(tmp, "copy")
+        for epochs in (2, 4):
+            result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *RUN,
+                                     f"--num_epochs={epochs}", f"--save_path={chiefs}"],
+                                    env=_env(), capture_output=True, text=True, timeout=300)
+            self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+            if epochs == 2:
+                shutil.copytree(chiefs, copy, symlinks=True)
+        workers = _Workers(tmp, *RUN, "--num_epochs=6", extra={0: [f"--save_path={chiefs}"],
+                                                                1: [f"--save_path={copy}"]})
+        try:
+            for returncode, out, err in workers.wait():
+                self.assertEqual(returncode, 1, err[-3000:])
+                self.assertEqual(err, "train.py: error: The tasks of TF_CONFIG restored different "
+                                      "checkpoints (epochs 2, 4, or other weights); give every "
+                                      "task the chief's --save_path, a folder they share, and "
+                                      "start them again.\n")
+                self.assertNotIn("Epoch 5", out)
+        finally:
+            workers.stop()
+
     def test_resumes_after_a_worker_is_killed(self):
         self._resumes_after_a_kill(killed=1)
 
@@ -141,14 +175,23 @@ class MultiWorkerTest(tf.test.TestCase):
         tmp = self.get_temp_dir()
         save_path = os.path.join(tmp, "killed")
         args = [*RUN, "--num_epochs=8", f"--save_path={save_path}"]
-        workers = _Workers(tmp, *args)
+        workers = _Workers(tmp, *args, "--cluster_timeout=60")
         try:
             _read_until(workers.processes[0], "Epoch 3")
             workers.processes[killed].send_signal(signal.SIGKILL)
-            # The other cannot go on without its peer: it fails or waits; end it as well.
-            time.sleep(2)
+            # The other cannot go on without its peer: it says so in one line, in bounded time
+            # (the peer's heartbeats stop; the collectives' timeout is --cluster_timeout).
+            survivor = workers.processes[1 - killed]
+            _, err = survivor.communicate(timeout=120)
+            self.assertEqual(survivor.returncode, 1, err[-3000:])
+            self.assertRegex(err, rf"^train.py: error: worker {killed} stopped answering "
+                                  rf"\(\w+Error\); start every task again with the same command: "
+                                  rf"they resume from the chief's last checkpoint.\n$")
         finally:
             workers.stop()
+        if killed == 1:  # Its scratch folder stays until the next worker on the machine starts.
+            self.assertLen([d for d in os.listdir(os.path.join(tmp, "scratch1"))
+                            if d.startswith("l2l-worker-")], 1)
         workers = _Workers(tmp, *args)
         try:
             outputs = workers.wait()
@@ -158,10 +201,154 @@ class MultiWorkerTest(tf.test.TestCase):
             self.assertEqual(returncode, 0, err[-3000:])
             self.assertRegex(out, r"Resuming from epoch [1-7] of 8")
             self.assertIn("Epoch 8", out)
+        self.assertEqual([d for d in os.listdir(os.path.join(tmp, "scratch1"))
+                          if d.startswith("l2l-worker-")], [])  # The killed one's too.
         reference = self._reference(8)
         chief = _weights(os.path.join(save_path, "checkpoints"))
         for name in reference:
             self.assertAllClose(chief[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+# A run without a save folder (RUN's --checkpoint_period needs one).
+BRIEF = [arg for arg in RUN if not arg.startswith("--checkpoint_period")]
+
+
+def _task_config(index=0, **changes):
+    config = {"cluster": {"worker": ["127.0.0.1:24001", "127.0.0.1:24002"]},
+              "task": {"type": "worker", "index": index}}
+    config.update(changes)
+    return json.dumps(config)
+
+
+class ClusterTest(tf.test.TestCase, parameterized.TestCase):
+    """Issue 31, classes 4 to 6: a cluster that cannot run, workers that disagree, a peer that
+    never starts or dies: one line each, naming TF_CONFIG or the flag, in bounded time."""
+
+    @parameterized.named_parameters(
+        ("index_out_of_range", _task_config(5), r"TF_CONFIG's task index 5 is out of range: "
+                                                r"the cluster has 2 worker task\(s\), index 0 "
+                                                r"to 1\."),
+        ("index_negative", _task_config(-1), r"TF_CONFIG's task index -1 is out of range"),
+        ("index_not_a_number", _task_config("0"), r"TF_CONFIG's task index must be a whole "
+                                                  r"number, got \"0\""),
+        ("no_task_type", _task_config(task={"index": 0}), r"TF_CONFIG has no task type; give "
+                                                          r"this process's task as \"task\""),
+        ("unknown_task_type", _task_config(task={"type": "evaluator", "index": 0}),
+         r"TF_CONFIG's task type 'evaluator' is not a job of its cluster \(worker\)\."),
+        ("ps_job", _task_config(cluster={"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}),
+         r"TF_CONFIG's cluster has a 'ps' job; --strategy=multi_worker runs chief and worker "
+         r"tasks only\."),
+        ("bad_address", _task_config(cluster={"worker": ["127.0.0.1"]}),
+         r"TF_CONFIG's address '127.0.0.1' is not host:port"),
+        ("same_address", _task_config(cluster={"worker": ["127.0.0.1:3", "127.0.0.1:3"]}),
+         r"TF_CONFIG's cluster gives 127.0.0.1:3 to several tasks"),
+        ("not_json", "{cluster", r"TF_CONFIG is not valid JSON"),
+        ("missing", "", r"--strategy=multi_worker needs the cluster in the environment "
+                        r"variable TF_CONFIG"),
+    )
+    def test_a_tf_config_that_cannot_run_is_one_line_at_once(self, config, message):
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"),
+                                 "--strategy=multi_worker"], env=_env(TF_CONFIG=config),
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual((result.returncode, result.stdout), (1, ""), result.stderr)
+        self.assertRegex(result.stderr, rf"^train.py: error: {message}.*\n$")
+        self.assertLen(result.stderr.splitlines(), 1)
+        self.assertLess(time.monotonic() - start, 4)  # Before TensorFlow starts.
+
+    def test_cluster_timeout_applies_to_multi_worker_only(self):
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"),
+                                 "--cluster_timeout=5"], env=_env(), capture_output=True,
+                                text=True, timeout=60)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr, "train.py: error: --cluster_timeout applies to "
+                                        "--strategy=multi_worker only; remove it.\n")
+
+    def _one_line(self, process, pattern):
+        out, err = process.communicate(timeout=120)
+        self.assertEqual(process.returncode, 1, err[-3000:])
+        self.assertLen(err.splitlines(), 1, err[-3000:])
+        self.assertRegex(err, pattern)
+        return out
+
+    def test_an_unresolvable_host_or_a_port_in_use_is_one_line(self):
+        tmp = self.get_temp_dir()
+        config = _task_config(cluster={"worker": ["127.0.0.1:1", "nohost.invalid:2"]})
+        process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"),
+                                    "--strategy=multi_worker", *BRIEF], cwd=tmp,
+                                   env=_env(TF_CONFIG=config), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        self._one_line(process, r"^train.py: error: TF_CONFIG's host 'nohost.invalid' of worker "
+                                r"1 cannot be resolved; fix its address in every task's "
+                                r"TF_CONFIG\.\n$")
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            port = taken.getsockname()[1]
+            config = _task_config(cluster={"worker": [f"127.0.0.1:{port}", "127.0.0.1:2"]})
+            process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"),
+                                        "--strategy=multi_worker", *BRIEF], cwd=tmp,
+                                       env=_env(TF_CONFIG=config), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            self._one_line(process, rf"^train.py: error: TF_CONFIG gives this task worker 0 "
+                                    rf"\(127.0.0.1:{port}\), but its port {port} is in use by "
+                                    rf"another process; free it, or give the task another port")
+
+    def test_a_peer_that_never_starts_is_waited_for_saying_so_then_given_up(self):
+        workers = _Workers(self.get_temp_dir(), *BRIEF, "--cluster_timeout=4", only=(0,))
+        try:
+            start = time.monotonic()
+            out = self._one_line(
+                workers.processes[0],
+                rf"^train.py: error: Gave up after 4 s \(--cluster_timeout\): worker 1 "
+                rf"\(127.0.0.1:{workers.ports[1]}\) did not answer; start every task of "
+                rf"TF_CONFIG with the same command, or check its addresses\.\n$")
+            self.assertLess(time.monotonic() - start, 60)
+            self.assertIn(f"Waiting for worker 1 (127.0.0.1:{workers.ports[1]}) to start (up to "
+                          f"4 s, --cluster_timeout).", out)
+        finally:
+            workers.stop()
+
+    @parameterized.named_parameters(
+        ("learning_rate", {1: ["--learning_rate=0.01"]}, r"different --learning_rate"),
+        ("epochs", {1: ["--num_epochs=9"]}, r"different --num_epochs"),
+        ("save_path", {0: ["--save_path={tmp}/run"], 1: ["--save_path={tmp}/other"]},
+         r"different --save_path"))
+    def test_workers_of_another_command_or_run_stop_in_one_line(self, extra, message):
+        # Issue 31, class 5: a worker with another --save_path started over while the chief
+        # resumed; one with another --learning_rate trained other weights, silently.
+        tmp = self.get_temp_dir()
+        import run_folder  # pylint: disable=import-outside-toplevel
+        run_folder.RunFolder.open(os.path.join(tmp, "run"), {}).close()  # A run to resume.
+        extra = {i: [a.format(tmp=tmp) for a in args] for i, args in extra.items()}
+        workers = _Workers(tmp, *BRIEF, "--num_epochs=4", extra=extra)
+        try:
+            for index, process in enumerate(workers.processes):
+                self._one_line(process, rf"^train.py: error: worker {1 - index} \(.*\) and "
+                                        rf"worker {index} \(.*\) run with {message}; every task "
+                                        rf"of TF_CONFIG must run the same command \(only "
+                                        rf"TF_CONFIG's task differs\) on the same --save_path\.")
+        finally:
+            workers.stop()
+        self.assertEqual(sorted(os.listdir(os.path.join(tmp, "run"))), [".lock", "run.json"])
+
+    def test_a_killed_workers_scratch_folder_is_removed_by_the_next(self):
+        import run_folder  # pylint: disable=import-outside-toplevel
+        tmp = self.get_temp_dir()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
+        leftover = os.path.join(tmp, f"l2l-worker-{dead}-abc123")
+        alive = os.path.join(tmp, f"l2l-worker-{os.getpid()}-def456")
+        other = os.path.join(tmp, "l2l-worker-notmine")
+        for path in (leftover, alive, other):
+            os.makedirs(path)
+        with mock.patch.object(tempfile, "tempdir", tmp):
+            worker = run_folder.RunFolder.open(os.path.join(tmp, "run"), {}, chief=False)
+            try:
+                self.assertTrue(os.path.basename(worker.checkpoint_write_dir).startswith(
+                    f"l2l-worker-{os.getpid()}-"))
+            finally:
+                worker.close()
+        self.assertCountEqual([d for d in os.listdir(tmp) if d.startswith("l2l-worker-")],
+                              [os.path.basename(alive), os.path.basename(other)])
 
 
 _MIRRORED_SCRIPT = """

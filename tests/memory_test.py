@@ -137,14 +137,15 @@ class SupervisorTest(tf.test.TestCase):
         raise AssertionError("the work never started")
 
     def test_a_crash_is_one_line(self):
-        for crash, what in (("SIGSEGV", "TensorFlow crashed \\(SIGSEGV\\)"),
-                            ("SIGKILL", "the process was killed \\(SIGKILL\\), e.g. by the "
+        for crash, what in (("SIGSEGV", "TensorFlow crashed \\(SIGSEGV\\): out of memory, "
+                                        "most likely"),
+                            ("SIGKILL", "the process was killed \\(SIGKILL\\), by hand or by the "
                                         "system's out-of-memory killer")):
             process = self._start(crash)
             out, err = process.communicate(timeout=60)
             self.assertEqual(process.returncode, 1, err)
-            self.assertRegex(err, rf"^command.py: error: {what}; out of memory, most likely: "
-                                  rf"lower --size\.\n$")
+            self.assertRegex(err, rf"^command.py: error: {what}; if out of memory, lower "
+                                  rf"--size\.\n$")
             self.assertEqual(out, "")
 
     def test_signals_reach_the_work_once_and_it_dies_with_the_supervisor(self):
