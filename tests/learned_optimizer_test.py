@@ -336,8 +336,8 @@ class ShippedOptimizersTest(tf.test.TestCase):
         with _working_directory(directory):
             for name in ("mnsit", "../mnist", "mnist/cw.l2l/x", "mnist/nothing"):
                 with self.assertRaisesRegex(util.WeightsFileError, "no shipped optimizer has "
-                                            "that name \\(they are fashion_mnist, mnist, "
-                                            "mnist/cwfixed0.01,") as caught:
+                                            "that name \\(they are fashion_mnist, general, "
+                                            "mnist, mnist/cwfixed0.01,") as caught:
                     learned_optimizer.LearnedOptimizer(name)
                 self.assertNotIn("\n", str(caught.exception))
             os.makedirs("quadratic")
@@ -643,3 +643,30 @@ class ArgumentsTest(tf.test.TestCase, parameterized.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class GeneralOptimizerTest(tf.test.TestCase):
+    """The shipped general optimizer by name: a NormalizedMLP, on a model the MNIST one fails."""
+
+    def test_general_trains_a_relu_mlp_the_mnist_optimizer_diverges_on(self):
+        rng = np.random.default_rng(0)
+        x = (rng.random([2048, 784]) < 0.1).astype(np.float32)
+        y = (x @ np.random.default_rng(1).normal(size=[784, 10])).argmax(axis=1)
+        final = {}
+        for name in ("general", "mnist", "adam"):
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(64, "relu"),
+                                      keras.layers.Dense(32, "relu"), keras.layers.Dense(10)])
+            optimizer = (keras.optimizers.Adam() if name == "adam" else
+                         learned_optimizer.LearnedOptimizer(name))
+            model.compile(optimizer=optimizer,
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            history = model.fit(x, y, batch_size=128, epochs=3, verbose=0)
+            final[name] = history.history["loss"]
+        self.assertEqual(type(learned_optimizer.LearnedOptimizer("general").network).__name__,
+                         "NormalizedMLP")
+        # 48 steps: the general optimizer ahead of Keras' default Adam (measured 1.51 against
+        # 1.96), where the MNIST optimizer's loss climbs tenfold.
+        self.assertLess(final["general"][-1], 0.8 * final["adam"][-1])
+        self.assertLess(final["general"][-1], 0.75 * final["general"][0])
+        self.assertGreater(final["mnist"][-1], 10 * final["mnist"][0])
