@@ -194,5 +194,5 @@ def test_a_clone_installs_into_a_fresh_environment_and_trains_a_model_from_anywh
     assert {"mnist", "quadratic", "fashion_mnist", "mnist/cwlearned"} <= set(report["names"])
     shipped = weights_file.load(str(REPO_ROOT / "saved_optimizers" / "quadratic" / "cw.l2l"))
     assert report["quadratic"] == [shipped.net, shipped.net_options]
-    assert "no shipped optimizer has that name (they are fashion_mnist, mnist," in (
+    assert "no shipped optimizer has that name (they are fashion_mnist, general, mnist," in (
         report["unknown"])
