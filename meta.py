@@ -945,11 +945,14 @@ class Unroll:
     def _share_bytes(self):
         """`(bytes of the networks' state, bytes of the optimizees' gradients)` of one replica's
         share of the instances (all of them without a strategy)."""
-        params = _shapes_only(self._share)
-        state = tf.nest.flatten(initial_states(self._groups, params))
-        return (sum(t.shape.num_elements() * t.dtype.size for t in state),
-                sum(p.shape.num_elements() * p.dtype.size for instance in params
-                    for p in instance))
+        def shapes():
+            params = _shapes_only(self._share)
+            return initial_states(self._groups, params), params
+
+        # Traced, not run: a large meta-batch's zero states would take the memory this measures.
+        state, params = tf.function(shapes).get_concrete_function().structured_outputs
+        return tuple(sum(t.shape.num_elements() * t.dtype.size for t in tf.nest.flatten(part))
+                     for part in (state, params))
 
     def _shares_here(self):
         """The replicas' shares of the meta-batch that this process unrolls."""

@@ -157,7 +157,8 @@ class PersistentEvolutionStrategiesTest(tf.test.TestCase):
         pes = epoch_estimates(estimators.pes, 600)
         z_pes = (pes.mean(0) - reference) / (pes.std(0) / np.sqrt(len(pes)))
         self.assertLess(np.max(np.abs(z_pes)), 4.5)
-        truncated = epoch_estimates(estimators.truncated_es, 600)
+        # Its bias is large: measured 32 standard errors at 600 draws, so 200 are plenty.
+        truncated = epoch_estimates(estimators.truncated_es, 200)
         z_truncated = ((truncated.mean(0) - reference)
                        / (truncated.std(0) / np.sqrt(len(truncated))))
         self.assertGreater(np.max(np.abs(z_truncated)), 8.0)
