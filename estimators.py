@@ -339,7 +339,10 @@ class MetaTrainer:
                  std=0.01, net_assignments=None, mode=None, pool=(), strategy=None,
                  **options):
         training = learning_rate is not None
-        self.unroll_length, self.mode = meta.check_unroll(unroll_length, mode, training)
+        # The mode asked for, else each kernel's default for its problems (`kernel`).
+        self.unroll_length, self.mode = meta.check_unroll(unroll_length, mode, training,
+                                                          pool)
+        self._mode_given = mode
         self.num_steps = meta.check_count(num_steps, "num_steps")
         self.segments = meta.num_unrolls(self.num_steps, self.unroll_length)
         if estimator is not None and estimator not in ESTIMATORS:
@@ -366,6 +369,7 @@ class MetaTrainer:
                                  "meta_minimize's Unroll.")
             if self.mode == "xla":
                 self.mode = "graph"  # Collectives do not compile with XLA.
+            self._mode_given = self.mode
             if self.perturbations % strategy.num_replicas_in_sync:
                 raise ValueError(f"perturbations ({self.perturbations}) must be a multiple of "
                                  f"the {strategy.num_replicas_in_sync} replicas, which share "
@@ -402,9 +406,10 @@ class MetaTrainer:
             options["rematerialize_gradient"] = options.pop("rematerialize")
             if self._rematerialize is not None:
                 options["rematerialize_gradient"] = self._rematerialize
+            mode = self._mode_given or meta.default_mode(self.estimator is not None, problems)
             self._kernels[full_key] = Kernel(self._meta, problems, self.unroll_length,
                                              self._variables, self._assignments,
-                                             _unroll_options(options), self.mode)
+                                             _unroll_options(options), mode)
         return self._kernels[full_key]
 
     def kept_bytes_per_step(self):

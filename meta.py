@@ -44,15 +44,16 @@ META_OBJECTIVES = configs.META_OBJECTIVES
 REMATERIALIZE = configs.REMATERIALIZE
 
 
-def default_mode(training=True):
-    """The fastest compilation mode measured for the device (see bench/README.md): XLA.
+def default_mode(training=True, problems=()):
+    """The fastest compilation mode measured for the device (see bench/README.md): XLA, or the
+    graph when one of `problems` does not suit XLA (`Problem.suits_xla`: convolutions).
 
     On a CPU, XLA fuses the LSTM's elementwise gates: evaluation takes 0.4x the plain graph's
     time; meta-training with the rematerialised backward pass (the default) ties the graph
     without it in time and needs 40% less memory above the import level.
     """
     del training  # Measured the same way for both; kept so that callers say what they do.
-    return "xla"
+    return "xla" if all(problem.suits_xla for problem in problems) else "graph"
 
 
 def check_learning_rate(learning_rate, what="learning_rate"):
@@ -63,11 +64,11 @@ def check_learning_rate(learning_rate, what="learning_rate"):
     return float(learning_rate)
 
 
-def check_unroll(unroll_length, mode, training):
-    """Validated `(unroll_length, mode)`; None picks `default_mode(training)`."""
+def check_unroll(unroll_length, mode, training, problems=()):
+    """Validated `(unroll_length, mode)`; None picks `default_mode(training, problems)`."""
     if isinstance(unroll_length, bool) or int(unroll_length) != unroll_length or unroll_length < 1:
         raise ValueError(f"unroll_length must be a whole number >= 1, got {unroll_length!r}.")
-    mode = mode or default_mode(training)
+    mode = mode or default_mode(training, problems)
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
     return int(unroll_length), mode
@@ -848,8 +849,9 @@ class Unroll:
             meta-batch is split across its replicas, their meta-gradients are averaged and every
             replica applies the same update. None: no distribution.
         """
-        self.unroll_length, self.mode = check_unroll(unroll_length, mode,
-                                                     training=learning_rate is not None)
+        self.unroll_length, self.mode = check_unroll(
+            unroll_length, mode, training=learning_rate is not None,
+            problems=[problem] if isinstance(problem, problems_lib.Problem) else problem)
         # A default XLA gives way to the graph for problems XLA cannot compile (e.g. a loss
         # with a tf.while_loop of unknown length); an explicit mode is kept.
         self._fallback = mode is None and self.mode == "xla" and strategy is None
@@ -1158,7 +1160,8 @@ class BaselineUnroll:
     """
 
     def __init__(self, problem, optimizer_name, learning_rate, unroll_length, mode=None):
-        self.unroll_length, self.mode = check_unroll(unroll_length, mode, training=False)
+        self.unroll_length, self.mode = check_unroll(unroll_length, mode, training=False,
+                                                     problems=[problem])
         self.problem = problem
         self.optimizer = baseline_optimizer(optimizer_name, learning_rate)
         self.learning_rate = float(learning_rate)

@@ -28,7 +28,8 @@ import util
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("histories", None, "History CSV files, one per optimizer.")
-flags.DEFINE_list("labels", None, "A label per history (default: from each file's header).")
+flags.DEFINE_list("labels", None, "A label per history (default, or where empty: from the "
+                  "file's header).")
 flags.DEFINE_string("output", None, "File to write the plot to: .pdf or .svg (vector), else PNG.")
 flags.DEFINE_string("title", None, "Title of the plot (default: from the histories' settings).")
 flags.DEFINE_boolean("table", False, "Print a Markdown table of the mean losses instead.")
@@ -240,7 +241,9 @@ def main(argv):
         raise util.FlagError(f"--labels has {len(FLAGS.labels)} labels for "
                              f"{len(FLAGS.histories)} histories.")
     histories = [cli.read_history(path) for path in FLAGS.histories]
-    labels = FLAGS.labels or [label(header) for header, _ in histories]
+    # An empty label (",,") is the header's: a script can name some rows and not others.
+    labels = [given or label(header)
+              for given, (header, _) in zip(FLAGS.labels or [""] * len(histories), histories)]
     if FLAGS.table:
         print("\n".join(table(histories, labels)))
         return

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Evaluates the shipped optimizers and the tuned baselines on the paper's problems, then draws
+# Evaluates the shipped optimizers and the tuned baselines on the paper's problems, and the
+# general optimizer on models outside its training families (the heldout-* cases), then draws
 # the loss curves and the results table of the README ("Reproducing the paper").
 #
 #   MNIST_DIR=/path/to/mnist [FASHION_DIR=/path/to/fashion-mnist] ./reproduce.sh [case ...]
@@ -38,8 +39,27 @@ CASES=(
   "fashion_mnist fashion_mnist 100 fashion_mnist"
 )
 
+# Held-out models (issue 28): the general optimizer, meta-trained on task families that contain
+# none of them, against Keras' default optimizer (Adam 0.001), Adam tuned on validation and the
+# shipped MNIST optimizer, both at their default learning rates. Case name, --problem, --num_steps.
+HELDOUT_CASES=(
+  "heldout-mnist-relu-500 heldout-mnist-relu 500"
+  "heldout-mnist-cnn-500 heldout-mnist-cnn 500"
+  "heldout-fashion-relu-500 heldout-fashion-relu 500"
+  "heldout-mnist-tanh-500 heldout-mnist-tanh 500"
+  "heldout-mnist-500 mnist 500"
+  "heldout-mnist-relu-2000 heldout-mnist-relu 2000"
+  "heldout-mnist-cnn-2000 heldout-mnist-cnn 2000"
+  "heldout-fashion-relu-2000 heldout-fashion-relu 2000"
+  "heldout-mnist-tanh-2000 heldout-mnist-tanh 2000"
+  "heldout-mnist-2000 mnist 2000"
+)
+HELDOUT_GRID=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1
+HELDOUT_EPOCHS=${HELDOUT_EPOCHS:-10}  # Longer epochs than the paper's: fewer of them.
+HELDOUT_TUNE_EPOCHS=5
+
 names=()
-for case in "${CASES[@]}"; do read -r name _ <<< "$case"; names+=("$name"); done
+for case in "${CASES[@]}" "${HELDOUT_CASES[@]}"; do read -r name _ <<< "$case"; names+=("$name"); done
 for wanted in "$@"; do  # An unknown case is an error before anything is written.
   if [[ ! " ${names[*]} " =~ " $wanted " ]]; then
     echo "reproduce.sh: unknown case '$wanted'; the cases are: ${names[*]}" >&2
@@ -73,10 +93,10 @@ up_to_date() {  # history, then evaluate.py flags: whether the history is of exa
   done
 }
 
-evaluate() {  # name, then the evaluate.py flags that define the evaluation
+evaluate() {  # name, then the evaluate.py flags that define the evaluation; $epochs epochs
   local name=$1; shift
   local history=$OUT/histories/$name.csv
-  local settings=(--seed=0 --num_epochs="$EPOCHS" "$@")
+  local settings=(--seed=0 --num_epochs="$epochs" "$@")
   if [ -f "$history" ] && up_to_date "$history" "${settings[@]}"; then
     echo "have $history"
     return
@@ -136,12 +156,28 @@ lock() {  # file descriptor: an exclusive lock on what it is open on, released w
   trap 'rm -rf "$OUT/.table.lock"' EXIT
 }
 
+publish() {  # case name, steps: its curves and its section of the table, from $histories
+  local name=$1 steps=$2 joined label_flag
+  joined=$(IFS=,; echo "${histories[*]}")
+  # An empty label: plot.py's, from the history's header (the tuned rate, the kind).
+  label_flag=--labels=$(IFS=,; echo "${labels[*]}")
+  # Drawn in $tmp, then moved: plot.py's line naming the temporary file would mislead.
+  "$PYTHON" plot.py --histories="$joined" "$label_flag" --output="$tmp/$name.png" \
+    --title="$name ($steps steps)" | sed '/^Plot written to /d'
+  { echo; echo "### $name ($steps steps)"; echo
+    "$PYTHON" plot.py --histories="$joined" "$label_flag" --table
+  } > "$tmp/$name.md"
+  mv "$tmp/$name.png" $OUT/$name.png
+  splice $name "$tmp/$name.md"
+  echo "Updated $OUT/$name.png and the $name section of $OUT/table.md"
+}
+
 for case in "${CASES[@]}"; do
+  histories=() labels=()
   read -r name problem steps saved <<< "$case"
   if [ $# -gt 0 ] && [[ ! " $* " =~ " $name " ]]; then continue; fi
-  common=(--problem=$problem --num_steps=$steps)
+  common=(--problem=$problem --num_steps=$steps) epochs=$EPOCHS
   if [ $problem = fashion_mnist ]; then data_dir=${FASHION_DIR:-}; else data_dir=${MNIST_DIR:-}; fi
-  histories=()
   for kind in L2L fixed learned; do
     case $kind in
       L2L) file=cw.l2l;; fixed) file=cwfixed0.01.l2l;; learned) file=cwlearned.l2l;;
@@ -149,22 +185,34 @@ for case in "${CASES[@]}"; do
     if [ -f saved_optimizers/$saved/$file ]; then
       evaluate ${name}_$kind "${common[@]}" --optimizer=$kind --path=saved_optimizers/$saved/$file \
         --state_reset_period=0
-      histories+=($OUT/histories/${name}_$kind.csv)
+      histories+=($OUT/histories/${name}_$kind.csv) labels+=("")
     fi
   done
   for baseline in Adam RMSprop SGD NAG; do
     grid=$GRID; if [ $baseline = SGD ]; then grid=$SGD_GRID; fi
     evaluate ${name}_$baseline "${common[@]}" --optimizer=$baseline --learning_rates=$grid \
       --tune_epochs=$TUNE_EPOCHS
-    histories+=($OUT/histories/${name}_$baseline.csv)
+    histories+=($OUT/histories/${name}_$baseline.csv) labels+=("")
   done
-  joined=$(IFS=,; echo "${histories[*]}")
-  # Drawn in $tmp, then moved: plot.py's line naming the temporary file would mislead.
-  "$PYTHON" plot.py --histories="$joined" --output="$tmp/$name.png" --title="$name ($steps steps)" \
-    | sed '/^Plot written to /d'
-  { echo; echo "### $name ($steps steps)"; echo; "$PYTHON" plot.py --histories="$joined" --table
-  } > "$tmp/$name.md"
-  mv "$tmp/$name.png" $OUT/$name.png
-  splice $name "$tmp/$name.md"
-  echo "Updated $OUT/$name.png and the $name section of $OUT/table.md"
+  publish "$name" "$steps"
+done
+
+for case in "${HELDOUT_CASES[@]}"; do
+  read -r name problem steps <<< "$case"
+  if [ $# -gt 0 ] && [[ ! " $* " =~ " $name " ]]; then continue; fi
+  common=(--problem=$problem --num_steps=$steps) epochs=$HELDOUT_EPOCHS
+  if [[ $problem == *fashion* ]]; then data_dir=${FASHION_DIR:-}; else data_dir=${MNIST_DIR:-}; fi
+  histories=() labels=()
+  # The learned optimizers' files name their networks; the rows say which file.
+  for saved in general mnist; do
+    evaluate ${name}_$saved "${common[@]}" --optimizer=L2L --path=saved_optimizers/$saved/cw.l2l \
+      --state_reset_period=0
+    histories+=($OUT/histories/${name}_$saved.csv) labels+=("$saved/cw.l2l")
+  done
+  evaluate ${name}_Adam-default "${common[@]}" --optimizer=Adam --learning_rate=0.001
+  histories+=($OUT/histories/${name}_Adam-default.csv) labels+=("Adam lr 0.001 (Keras' default)")
+  evaluate ${name}_Adam "${common[@]}" --optimizer=Adam --learning_rates=$HELDOUT_GRID \
+    --tune_epochs=$HELDOUT_TUNE_EPOCHS
+  histories+=($OUT/histories/${name}_Adam.csv) labels+=("")
+  publish "$name" "$steps"
 done

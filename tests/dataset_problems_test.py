@@ -390,3 +390,17 @@ def test_convnet_is_kerass_conv_net(data_dir):
     # Glorot-uniform kernels: within +-sqrt(6 / (9 * (in + out))).
     assert np.abs(params[0]).max() <= np.sqrt(6 / (9 * (1 + 3)))
     assert np.abs(params[0]).max() > 0.9 * np.sqrt(6 / (9 * (1 + 3)))
+
+
+def test_convolutions_run_in_the_graph_by_default(data_dir):
+    # XLA's CPU convolutions ran the 2-conv CNN 11x slower than the graph: the default mode of
+    # a convnet (alone, or beside an MLP in a meta-batch) is the graph; an MLP's stays XLA, and
+    # an explicit mode is kept.
+    import meta  # pylint: disable=import-outside-toplevel
+    conv = problems.convnet("mnist", (3,), "relu", batch_size=4, data_dir=data_dir)
+    dense = problems.mlp("mnist", (5,), "relu", batch_size=4, data_dir=data_dir)
+    assert meta.BaselineUnroll(conv, "Adam", 0.1, 2).mode == "graph"
+    assert meta.BaselineUnroll(dense, "Adam", 0.1, 2).mode == "xla"
+    assert meta.BaselineUnroll(conv, "Adam", 0.1, 2, mode="xla").mode == "xla"
+    assert meta.default_mode(True, [dense, conv]) == "graph"
+    assert meta.default_mode(True, [dense]) == "xla"

@@ -136,6 +136,32 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
         os.chmod(os.path.join(folder, "python"), 0o755)
         return folder
 
+    def test_6_a_held_out_case_runs_the_general_optimizer_against_adam(self):
+        # Issue 28's held-out models: the general and the MNIST optimizer at their defaults,
+        # Keras' default Adam and Adam tuned on validation, on the same epochs; labelled rows.
+        folder = self._reproduce_folder()
+        for saved in ("general", "mnist"):
+            os.makedirs(os.path.join(folder, "saved_optimizers", saved))
+            open(os.path.join(folder, "saved_optimizers", saved, "cw.l2l"), "w").close()
+        result, evaluations = self._reproduce(folder, "heldout-mnist-cnn-500",
+                                              HELDOUT_EPOCHS="3")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        common = "--seed=0 --num_epochs=3 --problem=heldout-mnist-cnn --num_steps=500"
+        self.assertEqual(
+            [c.split(" --history_path=")[0] for c in evaluations],
+            [f"evaluate.py {common} --optimizer=L2L --path=saved_optimizers/general/cw.l2l "
+             f"--state_reset_period=0",
+             f"evaluate.py {common} --optimizer=L2L --path=saved_optimizers/mnist/cw.l2l "
+             f"--state_reset_period=0",
+             f"evaluate.py {common} --optimizer=Adam --learning_rate=0.001",
+             f"evaluate.py {common} --optimizer=Adam "
+             f"--learning_rates=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1 --tune_epochs=5"])
+        calls = open(os.path.join(folder, "calls.log")).read()
+        self.assertIn("--labels=general/cw.l2l,mnist/cw.l2l,Adam lr 0.001 (Keras' default), ",
+                      calls)
+        sections = _sections(open(os.path.join(folder, "results", "table.md")).read())
+        self.assertIn("### heldout-mnist-cnn-500 (500 steps)", sections["heldout-mnist-cnn-500"])
+
     def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
         folder = self._reproduce_folder()
         committed = _sections((REPO_ROOT / "results" / "table.md").read_text())
