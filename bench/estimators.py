@@ -23,6 +23,7 @@ of `--truncation`, first-order as the paper), its relative error (it has no rand
 The last line printed is JSON.
 """
 
+import itertools
 import json
 import pathlib
 import subprocess
@@ -44,6 +45,8 @@ flags.DEFINE_boolean("quick", False, "Fewer repeats and samples: a smoke run.")
 flags.DEFINE_boolean("variance", True, "Also measure the estimators' variance.")
 flags.DEFINE_integer("variance_horizon", 100, "Horizon of the variance measurement.")
 flags.DEFINE_integer("samples", 64, "Estimates per estimator for the variance.")
+flags.DEFINE_list("stds", ["0.01", "0.001", "0.0001"],
+                  "ES's and PES's perturbation scales (the variance).")
 flags.DEFINE_string("child", None, "Internal: run one measurement, 'estimator:horizon'.")
 
 
@@ -76,7 +79,7 @@ def _setup():
 def _child(estimator, horizon):
     import estimators  # pylint: disable=import-outside-toplevel
     import meta  # pylint: disable=import-outside-toplevel
-    import training  # pylint: disable=import-outside-toplevel
+    import util  # pylint: disable=import-outside-toplevel
     optimizer, problem = _setup()
     length = horizon if estimator in ("tbptt", "es") else FLAGS.truncation
     if estimator == "es":
@@ -88,7 +91,7 @@ def _child(estimator, horizon):
     base = _status_mb("VmRSS")
     if estimator == "tbptt":
         kept = trainer.kept_bytes_per_step() * length
-        limit = training.memory_limit()
+        limit = util.memory_headroom()
         if limit is not None and kept > 0.8 * limit:
             return {"estimator": estimator, "horizon": horizon, "refused": True,
                     "kept_gib": kept / 2**30}
@@ -121,8 +124,9 @@ def _variance():
     trainer.reset(seeds)
     values = [tf.convert_to_tensor(v) for v in trainer.variables]
     kernel = trainer._batches[0].kernel  # pylint: disable=protected-access
+    # In the graph: a tape does not reach through an XLA-compiled function's loop.
     exact = estimators.Kernel(optimizer, [problem], truncation, trainer.variables,
-                              options={"second_derivatives": True})
+                              options={"second_derivatives": True}, mode="graph")
     carry = exact.initial(tf.constant(seeds))
     with tf.GradientTape() as tape:
         tape.watch(values)
@@ -141,21 +145,22 @@ def _variance():
     rows["tbptt"] = {"relative_error_of_mean": float(np.linalg.norm(summed - reference) / norm),
                      "relative_sd_of_one": 0.0}
     samples = 8 if FLAGS.quick else FLAGS.samples
-    for name, function in (("es", estimators.es), ("pes", estimators.pes)):
+    for (name, function), std in itertools.product(
+            (("es", estimators.es), ("pes", estimators.pes)), [float(s) for s in FLAGS.stds]):
         estimates = []
         for i in range(samples):
             pair_seeds = np.array([[i, 99]], np.int32)
             carries = estimators.initial_carries(name, kernel, pair_seeds, values, 1)
             summed = 0.0
             for t in range(horizon // truncation):
-                context = estimators.Context(1, 0.01, pair_seeds, t,
+                context = estimators.Context(1, std, pair_seeds, t,
                                              t == horizon // truncation - 1)
                 estimate, carries, _ = function(kernel, values, carries, context)
                 if estimate is not None:
                     summed = summed + np.concatenate([e.numpy().ravel() for e in estimate])
             estimates.append(summed)
         estimates = np.array(estimates)
-        rows[name] = {
+        rows[f"{name} std {std:g}"] = {
             "relative_error_of_mean": float(np.linalg.norm(estimates.mean(0) - reference) / norm),
             "relative_sd_of_one": float(np.sqrt(np.sum(estimates.var(0))) / norm)}
     return {"variance_horizon": horizon, "truncation": truncation, "samples": samples,

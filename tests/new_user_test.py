@@ -144,7 +144,7 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
             os.makedirs(os.path.join(folder, "saved_optimizers", saved))
             open(os.path.join(folder, "saved_optimizers", saved, "cw.l2l"), "w").close()
         result, evaluations = self._reproduce(folder, "heldout-mnist-cnn-500",
-                                              HELDOUT_EPOCHS="3")
+                                              EPOCHS_BEYOND="3")
         self.assertEqual(result.returncode, 0, result.stderr)
         common = "--seed=0 --num_epochs=3 --problem=heldout-mnist-cnn --num_steps=500"
         self.assertEqual(
@@ -165,7 +165,7 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
     def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
         folder = self._reproduce_folder()
         committed = _sections((REPO_ROOT / "results" / "table.md").read_text())
-        self.assertLen(committed, 7)
+        self.assertGreaterEqual(len(committed), 7)  # The paper's cases at least.
         table = os.path.join(folder, "results", "table.md")
 
         result, evaluations = self._reproduce(folder, "quadratic")
