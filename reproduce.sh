@@ -39,27 +39,38 @@ CASES=(
   "fashion_mnist fashion_mnist 100 fashion_mnist"
 )
 
+# Cases beyond the paper's, in fewer and longer epochs: name, --problem, --num_steps, the shipped
+# optimizers (folders of saved_optimizers/ whose cw.l2l runs at its default learning rate; one
+# not shipped is left out), the baselines ("Adam-default": Keras' default, Adam 0.001 untuned;
+# the others tuned on validation over the group's grid).
 # Held-out models (issue 28): the general optimizer, meta-trained on task families that contain
-# none of them, against Keras' default optimizer (Adam 0.001), Adam tuned on validation and the
-# shipped MNIST optimizer, both at their default learning rates. Case name, --problem, --num_steps.
+# none of them, against Keras' default optimizer, Adam tuned, and the MNIST optimizer.
 HELDOUT_CASES=(
-  "heldout-mnist-relu-500 heldout-mnist-relu 500"
-  "heldout-mnist-cnn-500 heldout-mnist-cnn 500"
-  "heldout-fashion-relu-500 heldout-fashion-relu 500"
-  "heldout-mnist-tanh-500 heldout-mnist-tanh 500"
-  "heldout-mnist-500 mnist 500"
-  "heldout-mnist-relu-2000 heldout-mnist-relu 2000"
-  "heldout-mnist-cnn-2000 heldout-mnist-cnn 2000"
-  "heldout-fashion-relu-2000 heldout-fashion-relu 2000"
-  "heldout-mnist-tanh-2000 heldout-mnist-tanh 2000"
-  "heldout-mnist-2000 mnist 2000"
+  "heldout-mnist-relu-500 heldout-mnist-relu 500 general,mnist Adam-default,Adam"
+  "heldout-mnist-cnn-500 heldout-mnist-cnn 500 general,mnist Adam-default,Adam"
+  "heldout-fashion-relu-500 heldout-fashion-relu 500 general,mnist Adam-default,Adam"
+  "heldout-mnist-tanh-500 heldout-mnist-tanh 500 general,mnist Adam-default,Adam"
+  "heldout-mnist-500 mnist 500 general,mnist Adam-default,Adam"
+  "heldout-mnist-relu-2000 heldout-mnist-relu 2000 general,mnist Adam-default,Adam"
+  "heldout-mnist-cnn-2000 heldout-mnist-cnn 2000 general,mnist Adam-default,Adam"
+  "heldout-fashion-relu-2000 heldout-fashion-relu 2000 general,mnist Adam-default,Adam"
+  "heldout-mnist-tanh-2000 heldout-mnist-tanh 2000 general,mnist Adam-default,Adam"
+  "heldout-mnist-2000 mnist 2000 general,mnist Adam-default,Adam"
 )
 HELDOUT_GRID=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1
-HELDOUT_EPOCHS=${HELDOUT_EPOCHS:-10}  # Longer epochs than the paper's: fewer of them.
-HELDOUT_TUNE_EPOCHS=5
+# Long horizons (issue 29): the MNIST optimizers, 1,000 and 10,000 steps, against every baseline.
+LONG_CASES=(
+  "mnist-1000-steps mnist 1000 mnist,mnist_long Adam,RMSprop,SGD,NAG"
+  "mnist-10000-steps mnist 10000 mnist,mnist_long Adam,RMSprop,SGD,NAG"
+)
+EPOCHS_BEYOND=${EPOCHS_BEYOND:-10}  # Of the cases beyond the paper's.
+TUNE_EPOCHS_BEYOND=5
 
 names=()
-for case in "${CASES[@]}" "${HELDOUT_CASES[@]}"; do read -r name _ <<< "$case"; names+=("$name"); done
+for case in "${CASES[@]}" "${HELDOUT_CASES[@]}" "${LONG_CASES[@]}"; do
+  read -r name _ <<< "$case"
+  names+=("$name")
+done
 for wanted in "$@"; do  # An unknown case is an error before anything is written.
   if [[ ! " ${names[*]} " =~ " $wanted " ]]; then
     echo "reproduce.sh: unknown case '$wanted'; the cases are: ${names[*]}" >&2
@@ -197,22 +208,30 @@ for case in "${CASES[@]}"; do
   publish "$name" "$steps"
 done
 
-for case in "${HELDOUT_CASES[@]}"; do
-  read -r name problem steps <<< "$case"
+# Each case with its group's grid appended.
+for case in "${HELDOUT_CASES[@]/%/ $HELDOUT_GRID}" "${LONG_CASES[@]/%/ $GRID}"; do
+  read -r name problem steps shipped baselines grid <<< "$case"
   if [ $# -gt 0 ] && [[ ! " $* " =~ " $name " ]]; then continue; fi
-  common=(--problem=$problem --num_steps=$steps) epochs=$HELDOUT_EPOCHS
+  common=(--problem=$problem --num_steps=$steps) epochs=$EPOCHS_BEYOND
   if [[ $problem == *fashion* ]]; then data_dir=${FASHION_DIR:-}; else data_dir=${MNIST_DIR:-}; fi
   histories=() labels=()
-  # The learned optimizers' files name their networks; the rows say which file.
-  for saved in general mnist; do
+  for saved in ${shipped//,/ }; do  # Each file names its network; the row names the file.
+    if [ ! -f saved_optimizers/$saved/cw.l2l ]; then continue; fi
     evaluate ${name}_$saved "${common[@]}" --optimizer=L2L --path=saved_optimizers/$saved/cw.l2l \
       --state_reset_period=0
     histories+=($OUT/histories/${name}_$saved.csv) labels+=("$saved/cw.l2l")
   done
-  evaluate ${name}_Adam-default "${common[@]}" --optimizer=Adam --learning_rate=0.001
-  histories+=($OUT/histories/${name}_Adam-default.csv) labels+=("Adam lr 0.001 (Keras' default)")
-  evaluate ${name}_Adam "${common[@]}" --optimizer=Adam --learning_rates=$HELDOUT_GRID \
-    --tune_epochs=$HELDOUT_TUNE_EPOCHS
-  histories+=($OUT/histories/${name}_Adam.csv) labels+=("")
+  for baseline in ${baselines//,/ }; do
+    if [ $baseline = Adam-default ]; then
+      evaluate ${name}_$baseline "${common[@]}" --optimizer=Adam --learning_rate=0.001
+      labels+=("Adam lr 0.001 (Keras' default)")
+    else
+      rates=$grid; if [ $baseline = SGD ] && [ "$grid" = "$GRID" ]; then rates=$SGD_GRID; fi
+      evaluate ${name}_$baseline "${common[@]}" --optimizer=$baseline --learning_rates=$rates \
+        --tune_epochs=$TUNE_EPOCHS_BEYOND
+      labels+=("")
+    fi
+    histories+=($OUT/histories/${name}_$baseline.csv)
+  done
   publish "$name" "$steps"
 done
