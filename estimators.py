@@ -336,7 +336,7 @@ class MetaTrainer:
 
     def __init__(self, meta_optimizer, problems_of: Callable, unroll_length, num_steps,
                  estimator="tbptt", learning_rate=None, meta_batch_size=1, perturbations=1,
-                 std=0.01, net_assignments=None, mode=None, pool=(), strategy=None,
+                 std=0.001, net_assignments=None, mode=None, pool=(), strategy=None,
                  **options):
         training = learning_rate is not None
         # The mode asked for, else each kernel's default for its problems (`kernel`).

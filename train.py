@@ -83,7 +83,10 @@ flags.DEFINE_enum("estimator", "tbptt", configs.ESTIMATORS, "How each meta-updat
 flags.DEFINE_integer("perturbations", 8, "ES and PES: antithetic pairs of perturbations of the "
                      "optimizer's weights per instance and meta-update.", lower_bound=1,
                      upper_bound=1024)
-flags.DEFINE_float("es_std", 0.01, "ES and PES: standard deviation of the perturbations.")
+# 0.001: of 0.01, 0.001 and 0.0001, the scale at which one estimate of the MNIST LSTM's
+# meta-gradient spread least (bench/README.md, "Estimators"): larger ones meet the meta-loss's
+# roughness, smaller ones float32's rounding of the loss differences.
+flags.DEFINE_float("es_std", 0.001, "ES and PES: standard deviation of the perturbations.")
 flags.DEFINE_enum("net", None, configs.LEARNED_NETS, "The learned network to meta-train; "
                   "default: the problem's (the paper's CoordinateWiseDeepLSTM; NormalizedMLP for "
                   "task families). --net_options are that network's.")
