@@ -89,7 +89,7 @@ flags.DEFINE_boolean("sweep_meta_batch", False, "Run meta-batches of 1, 2, 4 and
 flags.DEFINE_boolean("keras", False, "Time LearnedOptimizer against Keras Adam in model.fit on "
                      "the MNIST MLP and on a model of about a million parameters.")
 flags.DEFINE_enum("keras_fit", None, [f"{m}:{o}" for m in ("mnist_mlp", "million")
-                                      for o in ("learned", "adam", "sgd")],  # KERAS_*.
+                                      for o in ("learned", "general", "adam", "sgd")],  # KERAS_*.
                   "Internal to --keras: one model.fit timing in this process.")
 flags.DEFINE_boolean("compare_modes", False, "Run every compilation mode, each in its own "
                      "process, and print a table.")
@@ -363,7 +363,7 @@ def _sweep_meta_batch():
 
 
 KERAS_MODELS = ("mnist_mlp", "million")
-KERAS_OPTIMIZERS = ("learned", "adam", "sgd")
+KERAS_OPTIMIZERS = ("learned", "general", "adam", "sgd")  # learned: the shipped MNIST LSTM.
 
 
 def _keras_model(name):
@@ -374,8 +374,8 @@ def _keras_model(name):
     return keras.Sequential(layers)
 
 
-def _shipped_mnist_optimizer():
-    return str(pathlib.Path(__file__).resolve().parent.parent / "saved_optimizers" / "mnist" /
+def _shipped_mnist_optimizer(name="mnist"):
+    return str(pathlib.Path(__file__).resolve().parent.parent / "saved_optimizers" / name /
                "cw.l2l")
 
 
@@ -392,6 +392,8 @@ def _keras_fit(model_name, optimizer_name):
     keras.utils.set_random_seed(0)
     model = _keras_model(model_name)
     optimizer = {"learned": lambda: learned_optimizer.LearnedOptimizer(_shipped_mnist_optimizer()),
+                 "general": lambda: learned_optimizer.LearnedOptimizer(
+                     _shipped_mnist_optimizer("general")),
                  "adam": lambda: keras.optimizers.Adam(0.01),
                  "sgd": lambda: keras.optimizers.SGD(0.01)}[optimizer_name]()
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(
@@ -399,9 +401,13 @@ def _keras_fit(model_name, optimizer_name):
     model.fit(x[:128 * 4], y[:128 * 4], batch_size=128, epochs=1, verbose=0)  # Compilation.
     start = time.perf_counter()
     model.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=False)
+    seconds = time.perf_counter() - start
+    # The optimizer's state: its variables (the step counters too, a few bytes) per parameter.
+    state = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in optimizer.variables)
     return {"model": model_name, "optimizer": optimizer_name, "parameters": model.count_params(),
-            "s_per_step": (time.perf_counter() - start) / steps, "peak_rss_mb": _peak_rss_mb(),
-            "rss_after_import_mb": rss_after_import}
+            "s_per_step": seconds / steps, "peak_rss_mb": _peak_rss_mb(),
+            "rss_after_import_mb": rss_after_import,
+            "state_bytes_per_parameter": state / model.count_params()}
 
 
 def _ns_per_coordinate_step(model_name):
@@ -462,14 +468,20 @@ def _keras_benchmark():
             row[f"s_per_step_{optimizer_name}"] = fit["s_per_step"]
             row[f"rss_above_import_mb_{optimizer_name}"] = (fit["peak_rss_mb"]
                                                             - fit["rss_after_import_mb"])
+            row[f"state_bytes_per_parameter_{optimizer_name}"] = fit["state_bytes_per_parameter"]
         row.update(_ns_per_coordinate_step(model_name))
         rows.append(row)
-    print(f"{'model':>10} {'params':>8} {'learned s/step':>15} {'adam s/step':>12} "
-          f"{'sgd s/step':>11} {'learned MB':>11} {'adam MB':>8} {'opt ns/param':>13} "
+    print(f"{'model':>10} {'params':>8} {'learned s/step':>15} {'general s/step':>15} "
+          f"{'adam s/step':>12} {'sgd s/step':>11} {'learned B/p':>12} {'general B/p':>12} "
+          f"{'adam B/p':>9} {'learned MB':>11} {'adam MB':>8} {'opt ns/param':>13} "
           f"{'unroll ns':>10} {'ratio':>6}")
     for r in rows:
         print(f"{r['model']:>10} {r['parameters']:>8} {r['s_per_step_learned']:>15.4f} "
+              f"{r['s_per_step_general']:>15.4f} "
               f"{r['s_per_step_adam']:>12.4f} {r['s_per_step_sgd']:>11.4f} "
+              f"{r['state_bytes_per_parameter_learned']:>12.1f} "
+              f"{r['state_bytes_per_parameter_general']:>12.1f} "
+              f"{r['state_bytes_per_parameter_adam']:>9.1f} "
               f"{r['rss_above_import_mb_learned']:>11.0f} {r['rss_above_import_mb_adam']:>8.0f} "
               f"{r['ns_per_parameter_optimizer']:>13.1f} "
               f"{r['ns_per_coordinate_step_unroll']:>10.1f} {r['optimizer_over_unroll']:>6.2f}")
