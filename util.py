@@ -328,5 +328,15 @@ def import_tensorflow():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    tensorflow.get_logger().setLevel("WARNING")  # Not a line per checkpoint shard.
+    logger = tensorflow.get_logger()
+    logger.setLevel("WARNING")  # Not a line per checkpoint shard.
+    logger.addFilter(_drop_kernel_retracing_warnings)
     return tensorflow
+
+
+def _drop_kernel_retracing_warnings(record):
+    """False for TensorFlow's "triggered tf.function retracing" warning about the estimators'
+    kernels: a task family compiles one kernel per task shape (by design, each traced once), and
+    TensorFlow counts the traces of every kernel's method as retraces of one function."""
+    message = record.getMessage()
+    return not ("triggered tf.function retracing" in message and "estimators.Kernel" in message)

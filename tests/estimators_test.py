@@ -232,6 +232,9 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         if "Dataset 'fashion_mnist' not found" in result.stderr:
             self.skipTest("Fashion-MNIST is absent (Debian package dataset-fashion-mnist)")
         self.assertEqual(result.returncode, 0, result.stderr)
+        # One kernel per task shape, each traced once: not "retracing" (TensorFlow's warning,
+        # which counted every kernel's traces as one function's).
+        self.assertNotIn("retracing", result.stderr)
         saved = os.path.join(save, "cw.l2l")
         self.assertEqual(weights_file_net(saved), "NormalizedMLP")
         history = os.path.join(self.get_temp_dir(), "heldout.csv")
