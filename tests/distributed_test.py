@@ -273,21 +273,20 @@ class ClusterTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_an_unresolvable_host_or_a_port_in_use_is_one_line(self):
         tmp = self.get_temp_dir()
-        config = _task_config(cluster={"worker": ["127.0.0.1:1", "nohost.invalid:2"]})
-        process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"),
-                                    "--strategy=multi_worker", *BRIEF], cwd=tmp,
-                                   env=_env(TF_CONFIG=config), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+
+        def start(workers):
+            return subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"),
+                                     "--strategy=multi_worker", *BRIEF], cwd=tmp,
+                                    env=_env(TF_CONFIG=_task_config(cluster={"worker": workers})),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        process = start(["127.0.0.1:1", "nohost.invalid:2"])
         self._one_line(process, r"^train.py: error: TF_CONFIG's host 'nohost.invalid' of worker "
                                 r"1 cannot be resolved; fix its address in every task's "
                                 r"TF_CONFIG\.\n$")
         with socket.create_server(("127.0.0.1", 0)) as taken:
             port = taken.getsockname()[1]
-            config = _task_config(cluster={"worker": [f"127.0.0.1:{port}", "127.0.0.1:2"]})
-            process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"),
-                                        "--strategy=multi_worker", *BRIEF], cwd=tmp,
-                                       env=_env(TF_CONFIG=config), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)
+            process = start([f"127.0.0.1:{port}", "127.0.0.1:2"])
             self._one_line(process, rf"^train.py: error: TF_CONFIG gives this task worker 0 "
                                     rf"\(127.0.0.1:{port}\), but its port {port} is in use by "
                                     rf"another process; free it, or give the task another port")
