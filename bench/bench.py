@@ -208,9 +208,10 @@ def benchmark():
     # epoch boundary so that one timed iteration in num_unrolls includes the reset, as training.
     times = _meta_iteration_times(minimize, num_unrolls, num_unrolls + iterations)
     train_rss = _peak_rss_mb()
-    eval_times = [meta.run_epoch(evaluation, num_steps // eval_length,
-                                 meta.epoch_seed(0, meta.TEST, e)).time
-                  for e in range(1 + eval_epochs)]
+    eval_epochs_run = [meta.run_epoch(evaluation, num_steps // eval_length,
+                                      meta.epoch_seed(0, meta.TEST, e))
+                       for e in range(1 + eval_epochs)]
+    eval_times = [epoch.time for epoch in eval_epochs_run]
 
     s_per_meta_iteration = statistics.median(times[num_unrolls:])
     num_coordinates = sum(p.shape.num_elements() for p in minimize.carry.params)
@@ -225,6 +226,11 @@ def benchmark():
         "s_per_eval_epoch": statistics.median(eval_times[1:]),
         "compile_s": times[0],
         "eval_compile_s": eval_times[0],
+        # Each timed evaluation epoch's seconds and final loss: runs whose times differ while
+        # their losses are identical differ in how the threads shared the cores, not in the
+        # arithmetic (bench/README.md, "Why the evaluation epoch's time swings").
+        "eval_epoch_s": eval_times[1:],
+        "eval_final_losses": [epoch.final_loss for epoch in eval_epochs_run[1:]],
         "rematerialize": minimize.rematerialize,
         "meta_batch_size": minimize.meta_batch_size,
         "instances_per_s": minimize.meta_batch_size / s_per_meta_iteration,

@@ -64,6 +64,11 @@ class BenchTest(tf.test.TestCase):
         self.assertEqual(report["mode"], meta.default_mode())
         self.assertEqual((report["num_steps"], report["iterations"], report["eval_epochs"]),
                          (8, 3, 1))
+        # Every timed evaluation epoch's time and final loss, of which the field is the median.
+        self.assertLen(report["eval_epoch_s"], 1)
+        self.assertEqual(report["s_per_eval_epoch"], report["eval_epoch_s"][0])
+        self.assertLen(report["eval_final_losses"], 1)
+        self.assertBetween(report["eval_final_losses"][0], 0.5, 10.0)  # Near ln 10 after 8 steps.
 
     @pytest.mark.slow
     def test_quick_sweep_reports_every_configuration(self):
