@@ -64,6 +64,7 @@ class Kernel:
         options = dict(options or {})
         self._gradient_rematerialize = options.pop("rematerialize_gradient", "steps")
         self._options = options
+        self.mode = mode
         self.initial = meta.compile_fn(self._initial, "eager" if mode == "eager" else "graph")
         self.forward = meta.compile_fn(self._forward, mode)
         self.gradient = meta.compile_fn(self._gradient, mode)
@@ -411,6 +412,12 @@ class MetaTrainer:
                                              self._variables, self._assignments,
                                              _unroll_options(options), mode)
         return self._kernels[full_key]
+
+    @property
+    def modes_used(self):
+        """The compilation modes of the kernels built so far, e.g. `graph,xla` on a family whose
+        convnets run in graph mode (`problems.Problem.suits_xla`)."""
+        return ",".join(sorted({kernel.mode for kernel in self._kernels.values()}))
 
     def kept_bytes_per_step(self):
         """As `meta.Unroll.kept_bytes_per_step`: at least what truncated backpropagation keeps

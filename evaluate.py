@@ -20,6 +20,7 @@ import numpy as np
 import cli
 import configs
 import datasets
+import task_families
 import util
 
 FLAGS = flags.FLAGS
@@ -179,16 +180,25 @@ def _learned_epochs(optimizer, config, unroll_length, seeds):
     """
     import meta  # pylint: disable=import-outside-toplevel
     batch_size = _batch_size()
-    unroll = optimizer.meta_loss(config.problem, unroll_length,
-                                 net_assignments=config.net_assignments,
-                                 state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode,
-                                 meta_batch_size=batch_size)
-    _check_memory(unroll, batch_size)
+    if isinstance(config.problem, task_families.FamilyProblems):
+        # Each epoch runs the instance its seed draws, as train.py's evaluations of a family:
+        # the kernel of the instance's shapes, compiled the first time they are drawn.
+        import estimators  # pylint: disable=import-outside-toplevel
+        unroll = estimators.MetaTrainer(
+            optimizer, estimators.family_problems(config.problem), unroll_length,
+            FLAGS.num_steps, estimator=None, meta_batch_size=batch_size, mode=FLAGS.mode,
+            state_reset_period=FLAGS.state_reset_period)
+    else:
+        unroll = optimizer.meta_loss(config.problem, unroll_length,
+                                     net_assignments=config.net_assignments,
+                                     state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode,
+                                     meta_batch_size=batch_size)
+        _check_memory(unroll, batch_size)
     epochs = []
     for first in range(0, len(seeds), batch_size):
         epochs += meta.run_epochs(unroll, FLAGS.num_steps // unroll_length,
                                   np.stack(seeds[first:first + batch_size]))
-    return epochs, unroll.mode
+    return epochs, getattr(unroll, "modes_used", unroll.mode)
 
 
 def _check_memory(unroll, batch_size):
@@ -204,17 +214,55 @@ def _check_memory(unroll, batch_size):
                          f"--eval_batch_size (at most {fit} fit).")
 
 
+class _BaselineEpochs:
+    """Epochs of --optimizer (a hand-designed one) on a problem or on a task family's instances.
+
+    On a family each seed's epoch runs the problem that seed draws (as a learned optimizer's
+    evaluation of the family does), with one compiled unroll per shape, reused for every learning
+    rate of a grid.
+    """
+
+    def __init__(self, problem, learning_rate, unroll_length):
+        self._problem, self._learning_rate = problem, learning_rate
+        self._unroll_length, self._unrolls = unroll_length, {}
+
+    def set_learning_rate(self, learning_rate):
+        self._learning_rate = learning_rate
+
+    def _unroll(self, seed):
+        import meta  # pylint: disable=import-outside-toplevel
+        if isinstance(self._problem, task_families.FamilyProblems):
+            [(key, problem)] = self._problem.instances(np.reshape(seed, [1, 2]))
+        else:
+            key, problem = None, self._problem
+        if key not in self._unrolls:
+            self._unrolls[key] = meta.BaselineUnroll(problem, FLAGS.optimizer, self._learning_rate,
+                                                     self._unroll_length, mode=FLAGS.mode)
+        self._unrolls[key].set_learning_rate(self._learning_rate)
+        return self._unrolls[key]
+
+    def run(self, seeds):
+        """`[meta.EpochResult]`, one per seed."""
+        import meta  # pylint: disable=import-outside-toplevel
+        return [meta.run_epoch(self._unroll(seed), FLAGS.num_steps // self._unroll_length, seed)
+                for seed in seeds]
+
+    @property
+    def mode(self):
+        """The compilation mode (on a family, each mode its shapes used, e.g. `graph,xla`)."""
+        return ",".join(sorted({unroll.mode for unroll in self._unrolls.values()}))
+
+
 def _tune_learning_rate(grid, unroll_length):
     """The grid's learning rate with the lowest mean final loss on validation epochs."""
     import meta  # pylint: disable=import-outside-toplevel
     problem = configs.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
     results = {}
-    unroll = meta.BaselineUnroll(problem, FLAGS.optimizer, grid[0], unroll_length, mode=FLAGS.mode)
+    baseline = _BaselineEpochs(problem, grid[0], unroll_length)
     for lr in grid:
-        unroll.set_learning_rate(lr)  # Compiled once for the whole grid.
-        epochs = [meta.run_epoch(unroll, FLAGS.num_steps // unroll_length,
-                                 meta.epoch_seed(FLAGS.seed, meta.VALIDATION, e))
-                  for e in range(FLAGS.tune_epochs)]
+        baseline.set_learning_rate(lr)  # Compiled once for the whole grid.
+        epochs = baseline.run([meta.epoch_seed(FLAGS.seed, meta.VALIDATION, e)
+                               for e in range(FLAGS.tune_epochs)])
         results[lr] = float(np.mean([e.final_loss for e in epochs]))
         print(f"learning_rate {lr:g}: mean final loss {results[lr]:.4g} on {FLAGS.tune_epochs} "
               f"validation epochs")
@@ -279,11 +327,9 @@ def main(argv):
             learning_rate = _tune_learning_rate(grid, unroll_length)
             tuned = (f" chosen from learning_rates={','.join(FLAGS.learning_rates)} on "
                      f"tune_epochs={FLAGS.tune_epochs} validation epochs")
-        unroll = meta.BaselineUnroll(config.problem, FLAGS.optimizer, learning_rate,
-                                     unroll_length, mode=FLAGS.mode)
-        epochs = [meta.run_epoch(unroll, FLAGS.num_steps // unroll_length, seed)
-                  for seed in seeds]
-        mode, settings = unroll.mode, f"learning_rate={learning_rate!r}{tuned}"
+        baseline = _BaselineEpochs(config.problem, learning_rate, unroll_length)
+        epochs = baseline.run(seeds)
+        mode, settings = baseline.mode, f"learning_rate={learning_rate!r}{tuned}"
     else:
         optimizer, fixed_lambda, files = _learned_optimizer(config)
         try:

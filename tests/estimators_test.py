@@ -247,6 +247,29 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         self.assertTrue(np.all(np.isfinite(losses)))
         self.assertLess(losses[:, -1].mean(), 2.2)  # Below chance (ln 10 = 2.30) in 10 steps.
 
+    def test_evaluate_runs_a_family_and_untrained_equals_adam_on_its_instances(self):
+        # evaluate.py on a family runs each epoch on the instance its seed draws, for learned
+        # and hand-designed optimizers alike: the untrained NormalizedMLP is Adam 0.001 exactly,
+        # so both histories agree step by step (to float rounding) on the same instances.
+        data_dir = str(shared_path("data"))
+        histories = {}
+        for name, flags in (("untrained", ["--untrained"]),
+                            ("adam", ["--optimizer=Adam", "--learning_rate=0.001"])):
+            histories[name] = os.path.join(self.get_temp_dir(), f"{name}.csv")
+            result = fault_test._run(
+                "evaluate.py", "--problem=family:mlp", f"--data_dir={data_dir}",
+                "--split=validation", "--num_epochs=3", "--num_steps=6", "--mode=graph",
+                f"--history_path={histories[name]}", *flags)
+            if "Dataset 'fashion_mnist' not found" in result.stderr:
+                self.skipTest("Fashion-MNIST is absent (Debian package dataset-fashion-mnist)")
+            self.assertEqual(result.returncode, 0, result.stderr)
+        learned, adam = (np.loadtxt(histories[n], delimiter=",", comments="#", ndmin=2)
+                         for n in ("untrained", "adam"))
+        self.assertEqual(learned.shape, (3, 6))
+        self.assertAllClose(learned, adam, rtol=1e-4)
+        # Three instances of different shapes or data: not one epoch repeated.
+        self.assertGreater(np.ptp(learned[:, 0]), 1e-3)
+
 
 def weights_file_net(path):
     import weights_file  # pylint: disable=import-outside-toplevel
