@@ -223,18 +223,19 @@ class _BaselineEpochs:
     """
 
     def __init__(self, problem, learning_rate, unroll_length):
-        self._problem, self._learning_rate = problem, learning_rate
-        self._unroll_length, self._unrolls = unroll_length, {}
+        import estimators  # pylint: disable=import-outside-toplevel
+        # Each seed's (shape key, problem), as the learned optimizer's evaluation draws them.
+        self._problems_of = (estimators.family_problems(problem)
+                             if isinstance(problem, task_families.FamilyProblems)
+                             else estimators.single_problem(problem))
+        self._learning_rate, self._unroll_length, self._unrolls = learning_rate, unroll_length, {}
 
     def set_learning_rate(self, learning_rate):
         self._learning_rate = learning_rate
 
     def _unroll(self, seed):
         import meta  # pylint: disable=import-outside-toplevel
-        if isinstance(self._problem, task_families.FamilyProblems):
-            [(key, problem)] = self._problem.instances(np.reshape(seed, [1, 2]))
-        else:
-            key, problem = None, self._problem
+        [(key, problem)] = self._problems_of(np.reshape(seed, [1, 2]))
         if key not in self._unrolls:
             self._unrolls[key] = meta.BaselineUnroll(problem, FLAGS.optimizer, self._learning_rate,
                                                      self._unroll_length, mode=FLAGS.mode)
