@@ -53,10 +53,11 @@ class Kernel:
     """
 
     def __init__(self, meta_optimizer, problems, unroll_length, variables, net_assignments=None,
-                 options=None, mode="xla"):
+                 options=None, mode="xla", step_scale=1.0):
         self.problems = list(problems)
         self.unroll_length = unroll_length
-        self.groups = meta.plan(meta_optimizer.nets, self.problems, net_assignments)
+        self.groups = meta.plan(meta_optimizer.nets, self.problems, net_assignments,
+                                step_scale=step_scale)
         meta._build_networks(self.groups, self.problems)  # pylint: disable=protected-access
         index = {v.ref(): i for i, v in enumerate(variables)}
         self._layout = {g.key: tf.nest.map_structure(lambda v: index[v.ref()], g.net.weights())
@@ -333,13 +334,15 @@ class MetaTrainer:
       strategy: a `tf.distribute` strategy under whose scope the networks were built: ES and
         PES share each meta-update's pairs out over its replicas (`Replicated`). One problem
         for every instance; runs in the graph (no XLA), as `meta.Unroll` under a strategy.
+      step_scale: multiplies every step the networks take (`meta.Unroll`'s).
     """
 
     def __init__(self, meta_optimizer, problems_of: Callable, unroll_length, num_steps,
                  estimator="tbptt", learning_rate=None, meta_batch_size=1, perturbations=1,
                  std=0.001, net_assignments=None, mode=None, pool=(), strategy=None,
-                 **options):
+                 step_scale=1.0, **options):
         training = learning_rate is not None
+        self._step_scale = meta.check_step_scale(step_scale)
         # The mode asked for, else each kernel's default for its problems (`kernel`).
         self.unroll_length, self.mode = meta.check_unroll(unroll_length, mode, training,
                                                           pool)
@@ -410,7 +413,8 @@ class MetaTrainer:
             mode = self._mode_given or meta.default_mode(self.estimator is not None, problems)
             self._kernels[full_key] = Kernel(self._meta, problems, self.unroll_length,
                                              self._variables, self._assignments,
-                                             _unroll_options(options), mode)
+                                             _unroll_options(options), mode,
+                                             self._step_scale)
         return self._kernels[full_key]
 
     @property

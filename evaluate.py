@@ -37,8 +37,13 @@ flags.DEFINE_float("learning_rate", 0.001, "Learning rate of a hand-designed opt
 flags.DEFINE_list("learning_rates", None, "A grid of learning rates for a hand-designed "
                   "optimizer, e.g. 0.001,0.003,0.01,0.03,0.1: each runs --tune_epochs epochs on "
                   "held-out (validation) data, and the best by mean final loss is evaluated.")
-flags.DEFINE_integer("tune_epochs", 20, "Epochs per learning rate of --learning_rates.",
-                     lower_bound=1)
+flags.DEFINE_float("step_scale", 1.0, "Multiplies every step of a learned optimizer, as "
+                   "LearnedOptimizer's learning_rate does: 1.0 is the optimizer as trained.")
+flags.DEFINE_list("step_scales", None, "A grid of --step_scale values for a learned optimizer, "
+                  "e.g. 0.5,1,2,3,5: tuned on held-out (validation) epochs as --learning_rates "
+                  "tunes a hand-designed optimizer.")
+flags.DEFINE_integer("tune_epochs", 20, "Epochs per value of a --learning_rates or --step_scales "
+                     "grid.", lower_bound=1)
 flags.DEFINE_float("fixed_lambda", None, "With --optimizer=fixed: which cwfixed<lambda>.l2l to "
                    "load when --path holds several (untrained: 0.01). With an untrained "
                    "--optimizer=learned: the initial lambda.")
@@ -57,7 +62,8 @@ flags.DEFINE_string("history_path", None, "CSV of the loss after every step of e
 # The flags of each sort of optimizer, beyond those every evaluation takes. The lambda flags of
 # the learned kinds are configs.KIND_FLAGS (as in train.py); every kind's are among learned's.
 _BASELINE_FLAGS = ("learning_rate", "learning_rates", "tune_epochs")
-_LEARNED_FLAGS = ("path", "state_reset_period", "eval_batch_size")
+_LEARNED_FLAGS = ("path", "state_reset_period", "eval_batch_size", "step_scale", "step_scales",
+                  "tune_epochs")
 _LAMBDA_FLAGS = configs.KIND_FLAGS["learned"]
 
 # Flags that change how the numbers are computed but not the evaluation they are the numbers of:
@@ -89,14 +95,16 @@ def _check_flags(argv):
     """Bad values and flags that do not apply to --optimizer: one line each, naming the flag.
 
     Returns:
-      the grid of --learning_rates as floats, or None.
+      the grid of --learning_rates (or, for a learned optimizer, --step_scales) as floats, or
+      None.
     """
     cli.check_no_arguments(argv)
-    cli.check_positive(learning_rate=FLAGS.learning_rate, lambda_max=FLAGS.lambda_max)
+    cli.check_positive(learning_rate=FLAGS.learning_rate, step_scale=FLAGS.step_scale,
+                       lambda_max=FLAGS.lambda_max)
     cli.check_finite(fixed_lambda=FLAGS.fixed_lambda)
     datasets.check_data_dir(FLAGS.data_dir)  # Before TensorFlow starts, not after a download.
     applies = _applicable_flags()
-    for name in _BASELINE_FLAGS + _LEARNED_FLAGS + _LAMBDA_FLAGS:
+    for name in dict.fromkeys(_BASELINE_FLAGS + _LEARNED_FLAGS + _LAMBDA_FLAGS):
         if FLAGS[name].present and name not in applies:
             saved = (FLAGS.path is not None and FLAGS.optimizer in configs.OPTIMIZER_KINDS
                      and name in configs.KIND_FLAGS[FLAGS.optimizer])
@@ -117,24 +125,31 @@ def _check_flags(argv):
         what = ("--path loads trained weights" if FLAGS.path is not None else
                 f"it does not apply to --optimizer={FLAGS.optimizer}")
         raise util.FlagError(f"--untrained: {what}; remove it.")
-    if not FLAGS["learning_rates"].present:
+    single, plural, what = _tuned_flags()
+    if not FLAGS[plural].present:
         if FLAGS["tune_epochs"].present:
-            raise util.FlagError("--tune_epochs: it applies to a --learning_rates grid only; "
-                                 "remove it or add the grid.")
+            raise util.FlagError(f"--tune_epochs: it applies to a --{plural} grid only; "
+                                 f"remove it or add the grid.")
         return None
-    if FLAGS["learning_rate"].present:
-        raise util.FlagError("--learning_rate: --learning_rates chooses the learning rate; "
-                             "pass one of the two.")
+    if FLAGS[single].present:
+        raise util.FlagError(f"--{single}: --{plural} chooses the {what}; pass one of the two.")
     try:
-        grid = [float(lr) for lr in FLAGS.learning_rates]
+        grid = [float(value) for value in FLAGS[plural].value]
     except ValueError:
-        raise util.FlagError(f"--learning_rates must be numbers, got "
-                             f"{','.join(FLAGS.learning_rates)}.") from None
+        raise util.FlagError(f"--{plural} must be numbers, got "
+                             f"{','.join(FLAGS[plural].value)}.") from None
     if not grid:
-        raise util.FlagError("--learning_rates needs at least one learning rate.")
-    for learning_rate in grid:
-        cli.check_positive(learning_rates=learning_rate)
+        raise util.FlagError(f"--{plural} needs at least one {what}.")
+    for value in grid:
+        cli.check_positive(**{plural: value})
     return grid
+
+
+def _tuned_flags():
+    """`(flag, grid flag, what it is)` of the value a grid tunes for --optimizer."""
+    if FLAGS.optimizer in configs.BASELINES:
+        return "learning_rate", "learning_rates", "learning rate"
+    return "step_scale", "step_scales", "step scale"
 
 
 def _learned_optimizer(config):
@@ -162,14 +177,15 @@ def _file_digest(path):
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def _batch_size():
-    """Epochs per meta-batch: the largest divisor of --num_epochs up to --eval_batch_size, so
-    that every batch has one size (one compilation) and no epoch runs for nothing."""
-    return max(b for b in range(1, FLAGS.eval_batch_size + 1) if FLAGS.num_epochs % b == 0)
+def _batch_size(epochs):
+    """Epochs per meta-batch: the largest divisor of `epochs` up to --eval_batch_size, so that
+    every batch has one size (one compilation) and no epoch runs for nothing."""
+    return max(b for b in range(1, FLAGS.eval_batch_size + 1) if epochs % b == 0)
 
 
-def _learned_epochs(optimizer, config, unroll_length, seeds):
-    """The epochs of `seeds`, run `_batch_size()` at a time as one meta-batch.
+def _learned_epochs(optimizer, config, unroll_length, seeds, step_scale=1.0):
+    """The epochs of `seeds`, run `_batch_size` at a time as one meta-batch, every step of
+    the networks multiplied by `step_scale`.
 
     `meta.run_epochs` gives each epoch of a meta-batch the numbers it has alone (to float
     rounding: the networks see the batch's coordinates in one call), in less time than one at a
@@ -179,7 +195,7 @@ def _learned_epochs(optimizer, config, unroll_length, seeds):
       `([meta.EpochResult per seed], the compilation mode used)`.
     """
     import meta  # pylint: disable=import-outside-toplevel
-    batch_size = _batch_size()
+    batch_size = _batch_size(len(seeds))
     if isinstance(config.problem, task_families.FamilyProblems):
         # Each epoch runs the instance its seed draws, as train.py's evaluations of a family:
         # the kernel of the instance's shapes, compiled the first time they are drawn.
@@ -187,12 +203,12 @@ def _learned_epochs(optimizer, config, unroll_length, seeds):
         unroll = estimators.MetaTrainer(
             optimizer, estimators.family_problems(config.problem), unroll_length,
             FLAGS.num_steps, estimator=None, meta_batch_size=batch_size, mode=FLAGS.mode,
-            state_reset_period=FLAGS.state_reset_period)
+            state_reset_period=FLAGS.state_reset_period, step_scale=step_scale)
     else:
         unroll = optimizer.meta_loss(config.problem, unroll_length,
                                      net_assignments=config.net_assignments,
                                      state_reset_period=FLAGS.state_reset_period, mode=FLAGS.mode,
-                                     meta_batch_size=batch_size)
+                                     meta_batch_size=batch_size, step_scale=step_scale)
         _check_memory(unroll, batch_size)
     epochs = []
     for first in range(0, len(seeds), batch_size):
@@ -254,26 +270,46 @@ class _BaselineEpochs:
         return ",".join(sorted({unroll.mode for unroll in self._unrolls.values()}))
 
 
-def _tune_learning_rate(grid, unroll_length):
-    """The grid's learning rate with the lowest mean final loss on validation epochs."""
+def _tune(grid, run_epochs):
+    """The grid's value with the lowest mean final loss on validation epochs.
+
+    `run_epochs(value, seeds)` runs the epochs of `seeds` with the grid's `value` (a
+    hand-designed optimizer's learning rate, a learned one's step scale).
+    """
     import meta  # pylint: disable=import-outside-toplevel
-    problem = configs.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
+    single, _, what = _tuned_flags()
+    seeds = [meta.epoch_seed(FLAGS.seed, meta.VALIDATION, e) for e in range(FLAGS.tune_epochs)]
     results = {}
-    baseline = _BaselineEpochs(problem, grid[0], unroll_length)
-    for lr in grid:
-        baseline.set_learning_rate(lr)  # Compiled once for the whole grid.
-        epochs = baseline.run([meta.epoch_seed(FLAGS.seed, meta.VALIDATION, e)
-                               for e in range(FLAGS.tune_epochs)])
-        results[lr] = float(np.mean([e.final_loss for e in epochs]))
-        print(f"learning_rate {lr:g}: mean final loss {results[lr]:.4g} on {FLAGS.tune_epochs} "
-              f"validation epochs")
-    finite = {lr: loss for lr, loss in results.items() if np.isfinite(loss)}
+    for value in grid:
+        results[value] = float(np.mean([e.final_loss for e in run_epochs(value, seeds)]))
+        print(f"{single} {value:g}: mean final loss {results[value]:.4g} on "
+              f"{FLAGS.tune_epochs} validation epochs")
+    finite = {value: loss for value, loss in results.items() if np.isfinite(loss)}
     if not finite:
-        raise util.FlagError(f"Every learning rate of {grid} diverged; try smaller ones.")
+        raise util.FlagError(f"Every {what} of {grid} diverged; try smaller ones.")
     best = min(finite, key=finite.get)
     edge = " (an end of the grid: extend it)" if best in (min(grid), max(grid)) else ""
-    print(f"Best learning rate: {best:g}{edge}")
+    print(f"Best {what}: {best:g}{edge}")
     return best
+
+
+def _tune_learning_rate(grid, unroll_length):
+    """The grid's learning rate with the lowest mean final loss on validation epochs."""
+    problem = configs.get_config(FLAGS.problem, "validation", FLAGS.data_dir).problem
+    baseline = _BaselineEpochs(problem, grid[0], unroll_length)
+
+    def run_epochs(learning_rate, seeds):
+        baseline.set_learning_rate(learning_rate)  # Compiled once for the whole grid.
+        return baseline.run(seeds)
+
+    return _tune(grid, run_epochs)
+
+
+def _tune_step_scale(optimizer, grid, unroll_length):
+    """The grid's step scale with the lowest mean final loss on validation epochs."""
+    config = configs.get_config(FLAGS.problem, "validation", FLAGS.data_dir)
+    return _tune(grid, lambda scale, seeds: _learned_epochs(optimizer, config, unroll_length,
+                                                            seeds, scale)[0])
 
 
 def _number(value):
@@ -297,11 +333,16 @@ def _history_path(fixed_lambda, grid):
     if FLAGS.optimizer in configs.BASELINES:
         parts.append(f"tuned-{_digest(repr(grid))}" if grid else
                      f"lr{_number(FLAGS.learning_rate)}")
-    elif FLAGS.path is None:
-        parts.append("untrained")
-    else:  # The folder's name, and a digest of where it is: two runs never share a file.
-        real = os.path.realpath(FLAGS.path)
-        parts.append(f"{os.path.basename(real.rstrip(os.sep))}-{_digest(real)}")
+    else:
+        if FLAGS.path is None:
+            parts.append("untrained")
+        else:  # The folder's name, and a digest of where it is: two runs never share a file.
+            real = os.path.realpath(FLAGS.path)
+            parts.append(f"{os.path.basename(real.rstrip(os.sep))}-{_digest(real)}")
+        if grid:
+            parts.append(f"scaletuned-{_digest(repr(grid))}")
+        elif FLAGS.step_scale != 1.0:
+            parts.append(f"scale{_number(FLAGS.step_scale)}")
     if fixed_lambda is not None:
         parts.append(f"lambda{_number(fixed_lambda)}")
     if FLAGS.split != FLAGS["split"].default:
@@ -333,8 +374,16 @@ def main(argv):
         mode, settings = baseline.mode, f"learning_rate={learning_rate!r}{tuned}"
     else:
         optimizer, fixed_lambda, files = _learned_optimizer(config)
+        step_scale, scaled = FLAGS.step_scale, ""
         try:
-            epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds)
+            if grid:
+                step_scale = _tune_step_scale(optimizer, grid, unroll_length)
+                scaled = (f" step_scale={step_scale!r} chosen from step_scales="
+                          f"{','.join(FLAGS.step_scales)} on tune_epochs={FLAGS.tune_epochs} "
+                          f"validation epochs")
+            elif step_scale != 1.0:
+                scaled = f" step_scale={step_scale!r}"
+            epochs, mode = _learned_epochs(optimizer, config, unroll_length, seeds, step_scale)
         except (util.import_tensorflow().errors.ResourceExhaustedError, MemoryError) as e:
             raise util.OutOfMemoryError(f"Out of memory ({cli.first_line(e)}); lower "
                                         f"--eval_batch_size. No history was written.") from None
@@ -343,7 +392,7 @@ def main(argv):
         digests = ",".join(_file_digest(f) for f in files)
         settings = (f"path={FLAGS.path} state_reset_period={FLAGS.state_reset_period}"
                     + ("" if fixed_lambda is None else f" fixed_lambda={fixed_lambda!r}")
-                    + (f" sha256={digests}" if digests else ""))
+                    + (f" sha256={digests}" if digests else "") + scaled)
 
     cli.print_stats(f"Epoch {FLAGS.num_epochs}", sum(e.final_loss for e in epochs),
                     sum(e.time for e in epochs), FLAGS.num_epochs)

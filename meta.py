@@ -151,6 +151,9 @@ class Group(NamedTuple):
     net: networks.Network
     members: Tuple[Tuple[int, int], ...]  # (instance, index of the parameter in its problem).
     batched: bool  # All coordinates of all its parameters go through one network call.
+    # Multiplies every step of the network (LearnedOptimizer's learning_rate): 1.0 runs the
+    # network as trained; evaluate.py tunes it like a hand-designed optimizer's learning rate.
+    step_scale: float = 1.0
 
 
 def _flat(tensors):
@@ -264,6 +267,8 @@ def apply_networks(groups, weights, params, grads, states):
             steps = [u.step for u in updates]
             next_states.append([u.next_state for u in updates])
             group_lambdas = [u.lambda_ for u in updates]
+        if group.step_scale != 1.0:
+            steps = [tf.cast(group.step_scale, s.dtype) * s for s in steps]
         for (b, i), step in zip(members, steps):
             next_params[b][i] = next_params[b][i] + step
         if net.has_lambda:
@@ -656,15 +661,17 @@ def unroll(problem, groups, weights, carry, length, meta_objective="train",
             Carry([p for instance in params for p in instance], states, step, carry.seed))
 
 
-def plan(nets, problems, net_assignments=None, batch_coordinates=True):
+def plan(nets, problems, net_assignments=None, batch_coordinates=True, step_scale=1.0):
     """The groups of `unroll`: which network steps which parameters of each instance.
 
     `problems` holds one problem per instance (the same one repeated for a plain meta-batch).
     `net_assignments` is `[(net key, [parameter names])]`, names every instance's problem has,
     or None with a single network (which then steps every parameter). As the original: a
     parameter assigned to no network stays constant (and is logged), one assigned to two gets
-    both networks' steps. A group lists its parameters instance after instance.
+    both networks' steps. A group lists its parameters instance after instance. `step_scale`
+    multiplies every network's steps (`check_step_scale`).
     """
+    step_scale = check_step_scale(step_scale)
     if net_assignments is not None:
         for key, _ in net_assignments:
             if key not in nets:
@@ -692,8 +699,18 @@ def plan(nets, problems, net_assignments=None, batch_coordinates=True):
     if frozen:
         logging.warning("Variables %s are assigned to no network and stay constant.", frozen)
     return [Group(key, nets[key], tuple(members[key]),
-                  batch_coordinates and nets[key].coordinatewise)
+                  batch_coordinates and nets[key].coordinatewise, step_scale)
             for key in members if members[key]]
+
+
+def check_step_scale(step_scale):
+    """`step_scale` as a float: finite and positive (1.0 runs the networks as trained)."""
+    if isinstance(step_scale, bool) or not isinstance(step_scale, (int, float, np.number)):
+        raise TypeError(f"step_scale must be a number, got {step_scale!r}.")
+    if not (np.isfinite(step_scale) and step_scale > 0):
+        raise ValueError(f"step_scale must be finite and positive (1.0 runs the networks as "
+                         f"trained), got {step_scale}.")
+    return float(step_scale)
 
 
 # -- The meta-optimizer -------------------------------------------------------------------------
@@ -819,7 +836,7 @@ class Unroll:
     def __init__(self, meta, problem, unroll_length, net_assignments=None,
                  second_derivatives=False, learning_rate=None, state_reset_period=0,
                  meta_objective="train", mode=None, batch_coordinates=True, rematerialize=None,
-                 meta_batch_size=1, strategy=None):
+                 meta_batch_size=1, strategy=None, step_scale=1.0):
         """Builds the unroll.
 
         Args:
@@ -848,6 +865,8 @@ class Unroll:
             `MultiWorkerMirroredStrategy`) under whose scope `meta`'s networks were built: the
             meta-batch is split across its replicas, their meta-gradients are averaged and every
             replica applies the same update. None: no distribution.
+          step_scale: multiplies every step the networks take (as `LearnedOptimizer`'s
+            learning_rate); 1.0, the default, runs them as trained.
         """
         self.unroll_length, self.mode = check_unroll(
             unroll_length, mode, training=learning_rate is not None,
@@ -878,7 +897,8 @@ class Unroll:
                                   rematerialize, training=learning_rate is not None)
                    for p in _distinct(self.problems)]
         self._options = options[0]
-        self._groups = plan(meta.nets, self._share, net_assignments, batch_coordinates)
+        self._groups = plan(meta.nets, self._share, net_assignments, batch_coordinates,
+                            step_scale)
         _build_networks(self._groups, self._share)
         self._variables = _unique([v for g in self._groups for v in g.net.trainable_variables])
         self.optimizer = None

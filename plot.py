@@ -61,6 +61,10 @@ def label(header):
     untrained = " (untrained)" if fields.get("path") == "None" else ""
     if name in BASELINES and "learning_rate" in fields:
         return f"{name} lr {_number(fields['learning_rate'])}"
+    if "step_scale" in fields:  # A learned optimizer's steps scaled: named by its file.
+        path = fields.get("path", "None")
+        what = "/".join(path.split("/")[-2:]) if path != "None" else f"{name} (untrained)"
+        return f"{what}, step scale {_number(fields['step_scale'])}"
     if name == "L2L":
         return f"L2L (LSTM){untrained}"
     if name == "fixed":

@@ -178,6 +178,29 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn(f"learning_rate={best!r} chosen from learning_rates=0.001,0.01,0.1 on "
                       f"tune_epochs=2 validation epochs", header)
 
+    def test_step_scale_grid_tunes_a_learned_optimizer_on_validation_epochs(self):
+        # The shipped quadratic LSTM with its steps scaled by each value of the grid on
+        # validation epochs; the test epochs then run at the best, exactly as --step_scale does.
+        tmp = self.get_temp_dir()
+        common = ["--problem=quadratic", "--path=saved_optimizers/quadratic/cw.l2l",
+                  "--num_epochs=2", "--num_steps=20"]
+        tuned = run("evaluate.py", *common, "--step_scales=0.25,1,2", "--tune_epochs=2",
+                    f"--history_path={os.path.join(tmp, 'tuned.csv')}")
+        self.assertEqual(tuned.returncode, 0, tuned.stderr)
+        losses = {float(scale): float(loss) for scale, loss in re.findall(
+            r"^step_scale ([\d.e-]+): mean final loss ([\d.e+-]+)", tuned.stdout, re.M)}
+        self.assertEqual(sorted(losses), [0.25, 1.0, 2.0])
+        self.assertGreater(np.ptp(list(losses.values())), 1e-3)  # The scale changes the steps.
+        best = min(losses, key=losses.get)
+        header, tuned_losses = cli.read_history(os.path.join(tmp, "tuned.csv"))
+        self.assertIn(f"step_scale={best!r} chosen from step_scales=0.25,1,2 on tune_epochs=2 "
+                      f"validation epochs", header)
+        direct = run("evaluate.py", *common, f"--step_scale={best}",
+                     f"--history_path={os.path.join(tmp, 'direct.csv')}")
+        self.assertEqual(direct.returncode, 0, direct.stderr)
+        self.assertAllClose(cli.read_history(os.path.join(tmp, "direct.csv"))[1], tuned_losses,
+                            rtol=1e-5)
+
     @parameterized.named_parameters(
         ("unknown_problem", "evaluate.py", ["--problem=cifar5"], r"--problem=cifar5.*simple"),
         ("unknown_optimizer", "evaluate.py", ["--optimizer=Adagrad"],
@@ -195,6 +218,14 @@ class CliTest(tf.test.TestCase, parameterized.TestCase):
         ("empty_grid", "evaluate.py", ["--problem=quadratic", "--optimizer=SGD",
                                        "--learning_rates="],
          r"--learning_rates needs at least one learning rate\."),
+        ("step_scale_of_a_baseline", "evaluate.py", ["--optimizer=Adam", "--step_scale=2"],
+         r"--step_scale: it does not apply to --optimizer=Adam"),
+        ("bad_step_scales", "evaluate.py", ["--problem=quadratic", "--untrained",
+                                            "--step_scales=1,0"],
+         r"--step_scales must be positive, got 0.0\."),
+        ("step_scale_and_grid", "evaluate.py", ["--problem=quadratic", "--untrained",
+                                                "--step_scale=2", "--step_scales=1,2"],
+         r"--step_scale: --step_scales chooses the step scale; pass one of the two\."),
     )
     def test_bad_input_is_one_clear_line(self, script, args, message):
         result = run(script, *args)

@@ -247,6 +247,21 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         self.assertTrue(np.all(np.isfinite(losses)))
         self.assertLess(losses[:, -1].mean(), 2.2)  # Below chance (ln 10 = 2.30) in 10 steps.
 
+    def test_step_scale_scales_the_evaluations_steps(self):
+        # MetaTrainer's evaluation with step_scale 4 of an Adam 0.05 network is Adam 0.2: the
+        # same parameters after an epoch of 2 truncations of 3 steps, a meta-batch of two.
+        problem = problems.quadratic(batch_size=4, num_dims=3)
+        finals = {}
+        for learning_rate, scale in ((0.05, 4.0), (0.2, 1.0)):
+            optimizer = meta.MetaOptimizer(adam={"net": "Adam",
+                                                 "net_options": {"learning_rate": learning_rate}})
+            trainer = estimators.MetaTrainer(optimizer, estimators.single_problem(problem), 3, 6,
+                                             estimator=None, meta_batch_size=2, mode="graph",
+                                             step_scale=scale)
+            finals[scale] = [e.history for e in meta.run_epochs(trainer, 2, [[1, 2], [3, 4]])]
+        self.assertAllClose(finals[4.0], finals[1.0], rtol=1e-5)
+        self.assertGreater(np.ptp(finals[4.0][0]), 1e-3)  # The loss moved: steps were taken.
+
     def test_evaluate_runs_a_family_and_untrained_equals_adam_on_its_instances(self):
         # evaluate.py on a family runs each epoch on the instance its seed draws, for learned
         # and hand-designed optimizers alike: the untrained NormalizedMLP is Adam 0.001 exactly,

@@ -164,6 +164,34 @@ class NetAssignmentsTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(x_1, x, rtol=1e-5)
         self.assertEqual(float(x_0), 1.0)  # The zero-initialized LSTM has not moved x_0.
 
+    @parameterized.parameters(True, False)
+    def test_step_scale_multiplies_every_networks_step(self, batch_coordinates):
+        # Adam 0.1 scaled by 3 is Adam 0.3, step by step; the zero LSTM's steps stay zero.
+        optimizer = self._simple_multi()
+        unroll = optimizer.meta_loss(problems.simple_multi_optimizer(), 5,
+                                     net_assignments=[("cw", ["x_0"]), ("adam", ["x_1"])],
+                                     batch_coordinates=batch_coordinates, mode="graph",
+                                     step_scale=3.0)
+        unroll.reset([0, 0])
+        unroll()
+        x, m, v = 1.0, 0.0, 0.0
+        for t in range(1, 6):
+            g = 2 * x
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            x -= 0.3 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        x_0, x_1 = unroll.carry.params
+        # x crosses zero (1 to -0.3): float32 rounding of the scaled steps is absolute.
+        self.assertAllClose(x_1, x, atol=1e-4)
+        self.assertEqual(float(x_0), 1.0)
+
+    @parameterized.parameters((0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                              ("2", TypeError), (True, TypeError))
+    def test_step_scale_must_be_a_positive_number(self, step_scale, error):
+        with self.assertRaisesRegex(error, "step_scale must be"):
+            self._simple_multi().meta_loss(problems.simple_multi_optimizer(), 5,
+                                           net_assignments=[("cw", ["x_0"]), ("adam", ["x_1"])],
+                                           step_scale=step_scale)
+
     def test_meta_training_moves_only_the_lstm(self):
         optimizer = self._simple_multi()
         unroll = optimizer.meta_minimize(problems.simple_multi_optimizer(), 5, learning_rate=0.1,

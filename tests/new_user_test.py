@@ -138,7 +138,8 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_6_a_held_out_case_runs_the_general_optimizer_against_adam(self):
         # Issue 28's held-out models: the general and the MNIST optimizer at their defaults,
-        # Keras' default Adam and Adam tuned on validation, on the same epochs; labelled rows.
+        # Keras' default Adam and Adam tuned on validation, and the general optimizer with its
+        # step scale tuned on validation, on the same epochs; labelled rows.
         folder = self._reproduce_folder()
         for saved in ("general", "mnist"):
             os.makedirs(os.path.join(folder, "saved_optimizers", saved))
@@ -155,12 +156,33 @@ class NewUserTest(tf.test.TestCase, parameterized.TestCase):
              f"--state_reset_period=0",
              f"evaluate.py {common} --optimizer=Adam --learning_rate=0.001",
              f"evaluate.py {common} --optimizer=Adam "
-             f"--learning_rates=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1 --tune_epochs=5"])
+             f"--learning_rates=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1 --tune_epochs=5",
+             # The general optimizer's one knob tuned as Adam's learning rate is.
+             f"evaluate.py {common} --optimizer=L2L --path=saved_optimizers/general/cw.l2l "
+             f"--state_reset_period=0 --step_scales=0.5,1,2,3,5,8 --tune_epochs=5"])
         calls = open(os.path.join(folder, "calls.log")).read()
-        self.assertIn("--labels=general/cw.l2l,mnist/cw.l2l,Adam lr 0.001 (Keras' default), ",
+        # Empty labels: plot.py's, from the header (the tuned learning rate and step scale).
+        self.assertIn("--labels=general/cw.l2l,mnist/cw.l2l,Adam lr 0.001 (Keras' default),, ",
                       calls)
         sections = _sections(open(os.path.join(folder, "results", "table.md")).read())
         self.assertIn("### heldout-mnist-cnn-500 (500 steps)", sections["heldout-mnist-cnn-500"])
+        # The tuned history, as evaluate.py writes it (the scale found, then the grid), is
+        # reused; one of a scale that was not asked for (no grid) is evaluated again.
+        tuned = os.path.join(folder, "results", "histories",
+                             "heldout-mnist-cnn-500_general-tuned.csv")
+        header = open(tuned).readline().rstrip("\n")
+        for scale_fields, calls_expected in (
+                ("step_scale=5.0 chosen from step_scales=0.5,1,2,3,5,8 on", 0),
+                ("step_scale=5.0", 1)):
+            fields = header.replace("step_scales=0.5,1,2,3,5,8", scale_fields)
+            if calls_expected:
+                fields = fields.replace(" tune_epochs=5", "")
+            with open(tuned, "w") as f:
+                f.write(fields + "\n1,0.5\n")
+            result, evaluations = self._reproduce(folder, "heldout-mnist-cnn-500",
+                                                  EPOCHS_BEYOND="3")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertLen(evaluations, calls_expected, fields)
 
     def test_6_a_subset_of_reproduce_cases_replaces_only_its_own_sections(self):
         folder = self._reproduce_folder()

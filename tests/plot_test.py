@@ -34,6 +34,9 @@ def test_labels_say_what_each_optimizer_is():
     assert plot.label("optimizer=L2L problem=mnist path=x state_reset_period=0") == "L2L (LSTM)"
     assert plot.label("optimizer=learned problem=mnist path=x") == "learned lambda"
     assert plot.label("optimizer=L2L problem=mnist path=None") == "L2L (LSTM) (untrained)"
+    assert plot.label("optimizer=L2L problem=mnist path=saved_optimizers/general/cw.l2l "
+                      "sha256=ab step_scale=5.0 chosen from step_scales=1,5 on tune_epochs=5 "
+                      "validation epochs") == "general/cw.l2l, step scale 5"
     assert plot.title(["optimizer=L2L problem=mnist num_steps=200 num_epochs=100 seed=0",
                        "optimizer=NAG problem=mnist num_steps=200 num_epochs=100 seed=0"]) == \
         "mnist, 200 steps, 100 epochs, seed 0"
