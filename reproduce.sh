@@ -42,22 +42,26 @@ CASES=(
 # Cases beyond the paper's, in fewer and longer epochs: name, --problem, --num_steps, the shipped
 # optimizers (folders of saved_optimizers/ whose cw.l2l runs at its default learning rate; one
 # not shipped is left out), the baselines ("Adam-default": Keras' default, Adam 0.001 untuned;
-# the others tuned on validation over the group's grid).
+# "<folder>-tuned": that shipped optimizer with its step scale tuned on validation over
+# STEP_SCALES, as a user tunes LearnedOptimizer's learning_rate; the others tuned on validation
+# over the group's grid).
 # Held-out models (issue 28): the general optimizer, meta-trained on task families that contain
 # none of them, against Keras' default optimizer, Adam tuned, and the MNIST optimizer.
 HELDOUT_CASES=(
-  "heldout-mnist-relu-500 heldout-mnist-relu 500 general,mnist Adam-default,Adam"
-  "heldout-mnist-cnn-500 heldout-mnist-cnn 500 general,mnist Adam-default,Adam"
-  "heldout-fashion-relu-500 heldout-fashion-relu 500 general,mnist Adam-default,Adam"
-  "heldout-mnist-tanh-500 heldout-mnist-tanh 500 general,mnist Adam-default,Adam"
-  "heldout-mnist-500 mnist 500 general,mnist Adam-default,Adam"
-  "heldout-mnist-relu-2000 heldout-mnist-relu 2000 general,mnist Adam-default,Adam"
-  "heldout-mnist-cnn-2000 heldout-mnist-cnn 2000 general,mnist Adam-default,Adam"
-  "heldout-fashion-relu-2000 heldout-fashion-relu 2000 general,mnist Adam-default,Adam"
-  "heldout-mnist-tanh-2000 heldout-mnist-tanh 2000 general,mnist Adam-default,Adam"
-  "heldout-mnist-2000 mnist 2000 general,mnist Adam-default,Adam"
+  "heldout-mnist-100 mnist 100 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-relu-500 heldout-mnist-relu 500 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-cnn-500 heldout-mnist-cnn 500 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-fashion-relu-500 heldout-fashion-relu 500 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-tanh-500 heldout-mnist-tanh 500 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-500 mnist 500 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-relu-2000 heldout-mnist-relu 2000 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-cnn-2000 heldout-mnist-cnn 2000 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-fashion-relu-2000 heldout-fashion-relu 2000 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-tanh-2000 heldout-mnist-tanh 2000 general,mnist Adam-default,Adam,general-tuned"
+  "heldout-mnist-2000 mnist 2000 general,mnist Adam-default,Adam,general-tuned"
 )
 HELDOUT_GRID=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1
+STEP_SCALES=0.5,1,2,3,5,8
 # Long horizons (issue 29): the MNIST optimizers, 1,000 and 10,000 steps, against every baseline.
 LONG_CASES=(
   "mnist-1000-steps mnist 1000 mnist,mnist_long Adam,RMSprop,SGD,NAG"
@@ -99,6 +103,8 @@ up_to_date() {  # history, then evaluate.py flags: whether the history is of exa
     case $field in
       # How it ran or what it found: the compilation, the tuned rate, the file's digest, lambda.
       mode=*|learning_rate=*|sha256=*|fixed_lambda=*) ;;
+      # A tuned step scale is what the grid found; any other was asked for.
+      step_scale=*) [[ $header == *" step_scales="* || " $* " == *" --$field "* ]] || return 1;;
       *=*) [[ " $* " == *" --$field "* ]] || return 1;;
     esac  # Other words are prose ("chosen from ... on ... validation epochs").
   done
@@ -213,6 +219,8 @@ for case in "${HELDOUT_CASES[@]/%/ $HELDOUT_GRID}" "${LONG_CASES[@]/%/ $GRID}"; 
   read -r name problem steps shipped baselines grid <<< "$case"
   if [ $# -gt 0 ] && [[ ! " $* " =~ " $name " ]]; then continue; fi
   common=(--problem=$problem --num_steps=$steps) epochs=$EPOCHS_BEYOND
+  # A case of 100 steps costs little: the paper's count of epochs, as its own cases.
+  if [ "$steps" -le 100 ]; then epochs=$EPOCHS; fi
   if [[ $problem == *fashion* ]]; then data_dir=${FASHION_DIR:-}; else data_dir=${MNIST_DIR:-}; fi
   histories=() labels=()
   for saved in ${shipped//,/ }; do  # Each file names its network; the row names the file.
@@ -225,6 +233,12 @@ for case in "${HELDOUT_CASES[@]/%/ $HELDOUT_GRID}" "${LONG_CASES[@]/%/ $GRID}"; 
     if [ $baseline = Adam-default ]; then
       evaluate ${name}_$baseline "${common[@]}" --optimizer=Adam --learning_rate=0.001
       labels+=("Adam lr 0.001 (Keras' default)")
+    elif [[ $baseline == *-tuned ]]; then
+      saved=${baseline%-tuned}
+      evaluate ${name}_$baseline "${common[@]}" --optimizer=L2L \
+        --path=saved_optimizers/$saved/cw.l2l --state_reset_period=0 --step_scales=$STEP_SCALES \
+        --tune_epochs=$TUNE_EPOCHS_BEYOND
+      labels+=("")
     else
       rates=$grid; if [ $baseline = SGD ] && [ "$grid" = "$GRID" ]; then rates=$SGD_GRID; fi
       evaluate ${name}_$baseline "${common[@]}" --optimizer=$baseline --learning_rates=$rates \
