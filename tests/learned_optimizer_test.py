@@ -66,10 +66,10 @@ def _model(problem):
     return model
 
 
-def _unroll_losses(path, problem, steps=STEPS, mode="graph"):
+def _unroll_losses(path, problem, steps=STEPS, mode="graph", step_scale=1.0):
     """The losses `meta.Unroll` gives for the file's network, from the same start and batches."""
     optimizer = meta.MetaOptimizer(cw={"net": _net_name(path), "net_path": path})
-    unroll = optimizer.meta_loss(problem, steps, mode=mode)
+    unroll = optimizer.meta_loss(problem, steps, mode=mode, step_scale=step_scale)
     unroll.reset(SEED)
     return unroll().losses.numpy()[:steps]
 
@@ -148,6 +148,20 @@ class TrajectoryTest(tf.test.TestCase, parameterized.TestCase):
         optimizer = learned_optimizer.LearnedOptimizer(path, learning_rate=0.5)
         optimizer.apply([tf.constant([4.0, 2.0])], [variable])
         self.assertAllClose(variable, [1.0 - 0.05 * 4.0, -2.0 - 0.05 * 2.0])
+
+    def test_learning_rate_is_the_unrolls_step_scale(self):
+        # What evaluate.py --step_scales tunes is what a Keras user sets: the general
+        # optimizer at learning_rate 3 loses what the unroll with step_scale 3 loses, each step
+        # of the first 50 (after that the large steps have amplified float rounding, which
+        # differs between Keras' gradients and the problem's, beyond 1e-4).
+        path = str(REPO_ROOT / "saved_optimizers" / "general" / "cw.l2l")
+        problem = _problem()
+        x, y = _batches(problem)
+        losses = _loop_losses(_model(problem),
+                              learned_optimizer.LearnedOptimizer(path, learning_rate=3.0), x, y)
+        self.assertAllClose(losses[:50], _unroll_losses(path, problem, step_scale=3.0)[:50],
+                            rtol=1e-4, atol=0)
+        self.assertNotAllClose(losses[:50], _unroll_losses(path, problem)[:50], rtol=1e-2)
 
     def test_state_reset_period_matches_the_unroll(self):
         path = str(REPO_ROOT / SHIPPED["l2l"])
