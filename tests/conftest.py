@@ -3,9 +3,16 @@
 import os
 import pathlib
 import shutil
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# A suite started with SIGINT ignored (`nohup`, a script's `... &`) passes the ignoring on to
+# every command a test starts, and those that test Ctrl-C would then wait forever for a train.py
+# or evaluate.py that never sees it: the commands start as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 
