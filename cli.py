@@ -105,10 +105,16 @@ _CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV): out of memory, most likely
             "SIGKILL": "the process was killed (SIGKILL), by hand or by the system's "
                        "out-of-memory killer"}
 
+# Signals that end a process on request, not out of memory; the same words as `run`'s.
+_STOPS = {"SIGINT": "interrupted.", "SIGTERM": "stopped by SIGTERM.",
+          "SIGHUP": "stopped by SIGHUP (the terminal closed)."}
+
 
 def supervise(program, crash_advice):
     """Runs this command again in a child process, waits for it and returns its exit status;
-    a child killed by a signal is one line (`program: error: ...`, status 1).
+    a child killed by a signal is one line: `program: interrupted.` and 128 + the signal for
+    SIGINT, SIGTERM and SIGHUP (a stop asked for, e.g. Ctrl-C during TensorFlow's import, before
+    the child's own handling starts), `program: error: ...` and status 1 for a crash.
 
     Out of memory, TensorFlow may raise (the CLIs say so in one line) but its compiled code may
     also crash the process (measured: SIGSEGV inside an XLA computation under `ulimit -v`), and
@@ -130,6 +136,10 @@ def supervise(program, crash_advice):
     if returncode >= 0:
         return returncode
     name = signal.Signals(-returncode).name
+    if name in _STOPS:  # Ctrl-C or a stop request before the child could catch it (its import).
+        sys.stdout.flush()
+        print(f"{program}: {_STOPS[name]}", file=sys.stderr)
+        return 128 - returncode  # As a shell reports a process ended by the signal.
     why = _CRASHES.get(name, f"the process died of {name}")
     sys.stdout.flush()
     return f"{program}: error: {why}; if out of memory, {crash_advice}"

@@ -108,6 +108,8 @@ _SUPERVISED = textwrap.dedent("""
         with open({pid_file!r}, "w") as f:
             f.write(str(os.getpid()))
         if {crash!r}:
+            if {crash!r} in ("SIGINT", "SIGTERM"):  # As during the import, before Python's.
+                signal.signal(getattr(signal, {crash!r}), signal.SIG_DFL)
             os.kill(os.getpid(), getattr(signal, {crash!r}))
         time.sleep(600)
 
@@ -147,6 +149,15 @@ class SupervisorTest(tf.test.TestCase):
             self.assertRegex(err, rf"^command.py: error: {what}; if out of memory, lower "
                                   rf"--size\.\n$")
             self.assertEqual(out, "")
+
+    def test_a_stop_the_work_could_not_catch_yet_is_a_stop_not_a_crash(self):
+        # Ctrl-C in TensorFlow's import kills the work with SIGINT: it was a traceback-free
+        # "error: the process died of SIGINT; if out of memory, ..." and status 1.
+        for stop, status, what in (("SIGINT", 130, "interrupted."),
+                                   ("SIGTERM", 143, "stopped by SIGTERM.")):
+            process = self._start(stop)
+            out, err = process.communicate(timeout=60)
+            self.assertEqual((process.returncode, out, err), (status, "", f"command.py: {what}\n"))
 
     def test_signals_reach_the_work_once_and_it_dies_with_the_supervisor(self):
         process = self._start()
