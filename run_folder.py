@@ -1,8 +1,9 @@
 """A meta-training run's folder (`train.py --save_path`): nothing in it is lost or mixed up.
 
     DIR/run.json        the flags that define the run (a resume must match them), its id, and
-                        for a run from --initial_path its networks' options (a resume rebuilds
-                        them from here: it never reads that file, which may since be gone)
+                        its networks' options (a resume rebuilds them from here: it never reads
+                        an --initial_path file, which may since be gone, and a network's default
+                        changed since does not change the run)
     DIR/.lock           held by the live run (an exclusive lock the OS releases when it dies)
     DIR/best -> .best-N the best optimizer files of evaluation N, switched as one unit
     DIR/cw.l2l          -> best/cw.l2l (one link per network, so `--path=DIR` finds them)
@@ -321,8 +322,8 @@ def current_run(path, restart=False):
 
 
 def recorded_networks(path):
-    """The networks' options the run in `path` recorded (a run from --initial_path), for its
-    resume; None without a run or such a record (runs recorded before it was).
+    """The networks' options the run in `path` recorded, for its resume; None without a run or
+    such a record (runs recorded before it was).
 
     Raises:
       util.FileFormatError: `run.json` is damaged.

@@ -191,7 +191,7 @@ def main(argv):
     if FLAGS.save_path is None:
         print("Nothing will be saved: pass --save_path=DIR to keep the best optimizer and "
               "checkpoints (and to resume).")
-    networks = training.network_record(built.optimizer) if FLAGS.initial_path else None
+    networks = training.network_record(built.optimizer)
     folder = (run_folder.RunFolder.open(FLAGS.save_path, flags_of_run, FLAGS.restart, chief,
                                         networks) if FLAGS.save_path else None)
     try:

@@ -208,17 +208,18 @@ def check_memory(flags, minimize, headroom):
 
 def network_record(optimizer):
     """`{key: {"net": class name, "net_options": {...}}}`: what rebuilds `optimizer`'s networks
-    (with other weights), as `run_folder` records it for a run from --initial_path."""
+    (with other weights), as `run_folder` records it for every run."""
     return {key: {"net": type(net).__name__, "net_options": net.options}
             for key, net in optimizer.nets.items()}
 
 
 def resumed_networks(flags):
-    """The networks of a run from --initial_path that resumes from a checkpoint, as its run.json
-    records them (`network_record`): the checkpoint's weights replace any, so the file is not
-    read (it may be gone). None for other runs, and records from before networks were kept.
+    """The networks of a run that resumes from a checkpoint, as its run.json records them
+    (`network_record`): the checkpoint's weights replace any, so a run from --initial_path does
+    not read its file (it may be gone), and a network's default changed since the run started
+    does not change it. None for a run that starts, and records from before networks were kept.
     """
-    if not (flags.save_path and flags.initial_path and not flags.restart):
+    if not (flags.save_path and not flags.restart):
         return None
     directory = os.path.join(flags.save_path, run_folder.CHECKPOINTS)
     if not (os.path.isdir(directory)

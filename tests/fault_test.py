@@ -16,6 +16,7 @@ import meta
 import networks
 import problems
 import run_folder
+import training
 import util
 import weights_file
 from conftest import REPO_ROOT
@@ -179,6 +180,19 @@ class ResumeTest(tf.test.TestCase):
                                       f"exist.\n")
         with open(os.path.join(save_path, "run.json"), "rb") as f:
             self.assertEqual(f.read(), record)
+
+    def test_every_run_records_its_networks_and_a_resume_rebuilds_them_from_there(self):
+        # So that a network's default changed between two sessions does not change a run.
+        save_path = os.path.join(self.get_temp_dir(), "run")
+        self.assertEqual(_run("train.py", *RUN, "--num_epochs=2",
+                              f"--save_path={save_path}").returncode, 0)
+        recorded = run_folder.recorded_networks(save_path)
+        self.assertEqual(recorded, {"cw": {"net": "CoordinateWiseDeepLSTM", "net_options": {
+            "layers": [20, 20], "preprocess_name": "identity", "preprocess_options": {},
+            "scale": 1.0}}})
+        flags = lambda restart: type("Flags", (), dict(save_path=save_path, restart=restart))
+        self.assertEqual(training.resumed_networks(flags(False)), recorded)
+        self.assertIsNone(training.resumed_networks(flags(True)))  # It starts again.
 
     def test_resuming_with_other_flags_or_restarting(self):
         save_path = os.path.join(self.get_temp_dir(), "run")
