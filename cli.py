@@ -112,9 +112,10 @@ _STOPS = {"SIGINT": "interrupted.", "SIGTERM": "stopped by SIGTERM.",
 
 def supervise(program, crash_advice):
     """Runs this command again in a child process, waits for it and returns its exit status;
-    a child killed by a signal is one line: `program: interrupted.` and 128 + the signal for
-    SIGINT, SIGTERM and SIGHUP (a stop asked for, e.g. Ctrl-C during TensorFlow's import, before
-    the child's own handling starts), `program: error: ...` and status 1 for a crash.
+    a child killed by a signal is one line. A stop asked for (SIGINT, SIGTERM, SIGHUP: e.g.
+    Ctrl-C during TensorFlow's import, before the child's own handling starts) is
+    `program: interrupted.` (or `stopped by ...`) and status 128 + the signal; a crash is
+    `program: error: ...` and status 1.
 
     Out of memory, TensorFlow may raise (the CLIs say so in one line) but its compiled code may
     also crash the process (measured: SIGSEGV inside an XLA computation under `ulimit -v`), and
