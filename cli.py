@@ -105,7 +105,7 @@ _CRASHES = {"SIGSEGV": "TensorFlow crashed (SIGSEGV): out of memory, most likely
             "SIGKILL": "the process was killed (SIGKILL), by hand or by the system's "
                        "out-of-memory killer"}
 
-# Signals that end a process on request, not out of memory; the same words as `run`'s.
+# Signals that end a process on request, not out of memory (an interrupt in `run`'s words).
 _STOPS = {"SIGINT": "interrupted.", "SIGTERM": "stopped by SIGTERM.",
           "SIGHUP": "stopped by SIGHUP (the terminal closed)."}
 
@@ -137,12 +137,11 @@ def supervise(program, crash_advice):
     if returncode >= 0:
         return returncode
     name = signal.Signals(-returncode).name
+    sys.stdout.flush()
     if name in _STOPS:  # Ctrl-C or a stop request before the child could catch it (its import).
-        sys.stdout.flush()
         print(f"{program}: {_STOPS[name]}", file=sys.stderr)
         return 128 - returncode  # As a shell reports a process ended by the signal.
     why = _CRASHES.get(name, f"the process died of {name}")
-    sys.stdout.flush()
     return f"{program}: error: {why}; if out of memory, {crash_advice}"
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 from absl.testing import parameterized
 import numpy as np
@@ -190,7 +191,7 @@ class ResumeTest(tf.test.TestCase):
         self.assertEqual(recorded, {"cw": {"net": "CoordinateWiseDeepLSTM", "net_options": {
             "layers": [20, 20], "preprocess_name": "identity", "preprocess_options": {},
             "scale": 1.0}}})
-        flags = lambda restart: type("Flags", (), dict(save_path=save_path, restart=restart))
+        flags = lambda restart: types.SimpleNamespace(save_path=save_path, restart=restart)
         self.assertEqual(training.resumed_networks(flags(False)), recorded)
         self.assertIsNone(training.resumed_networks(flags(True)))  # It starts again.
 
